@@ -1,0 +1,211 @@
+"""dagster_orchestrate: materialize assets (or run a job) from a definitions file, in-process.
+
+The definitions file comes from a read-only input (``definitions``: the file itself or a directory
+holding ``definitions_file``). It runs against ``DagsterInstance.ephemeral()`` (in-memory run and
+event storage, artifacts under /tmp), so nothing persists between runs and no daemon or webserver
+is involved. Definitions reach their data through environment variables the script sets before
+loading them: ``SANDBOX_OUTPUT_DIR`` and ``SANDBOX_INPUT_<NAME>`` for every input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sandbox_runtime import Context, ToolError, run
+
+STORAGE = Path("/tmp/dagster/storage")
+
+
+def _definitions_path(ctx: Context) -> Path:
+    mounted = ctx.inputs.get("definitions")
+    if mounted is None:
+        raise ToolError("dagster_orchestrate needs an input named 'definitions'")
+    path = Path(mounted)
+    if path.is_dir():
+        path = path / str(ctx.args.get("definitions_file", "definitions.py"))
+    if not path.is_file():
+        raise ToolError(f"definitions file not found: {path}")
+    return path
+
+
+def _load_definitions(path: Path) -> Any:
+    import dagster as dg
+
+    # The file's directory goes on sys.path so a definitions package can import its siblings.
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("sandbox_definitions", path)
+    if spec is None or spec.loader is None:
+        raise ToolError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    found = [v for v in vars(module).values() if isinstance(v, dg.Definitions)]
+    if len(found) != 1:
+        raise ToolError(f"{path.name} must define exactly one dagster.Definitions (found {len(found)})")
+    return found[0]
+
+
+def _metadata(entries: dict[str, Any]) -> dict[str, Any]:
+    """MetadataValue objects → plain values (the runtime tags what JSON cannot hold)."""
+    out: dict[str, Any] = {}
+    for key, value in entries.items():
+        raw = getattr(value, "value", value)
+        # Table/schema metadata values are records; their dict form is the useful one.
+        out[key] = raw._asdict() if hasattr(raw, "_asdict") else raw
+    return out
+
+
+class _Progress:
+    """Progress frames from the instance's event stream: one per finished step."""
+
+    def __init__(self, ctx: Context, total: int) -> None:
+        self.ctx = ctx
+        self.total = max(total, 1)
+        self.finished = 0
+
+    def __call__(self, entry: Any) -> None:
+        event = entry.dagster_event
+        if event is None:
+            return
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.ctx.progress(f"step {event.step_key} started", self._fraction())
+        elif kind in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            self.finished += 1
+            state = kind.removeprefix("STEP_").lower()
+            self.ctx.progress(f"step {event.step_key} {state}", self._fraction())
+        elif kind == "ASSET_MATERIALIZATION":
+            self.ctx.progress(f"materialized {event.asset_key.to_user_string()}", self._fraction())
+
+    def _fraction(self) -> float:
+        return 0.1 + 0.85 * min(self.finished / self.total, 1.0)
+
+
+def _watch(instance: Any, callback: _Progress) -> None:
+    """Observe every event the run stores: wraps the instance's event handler."""
+    original = instance.handle_new_event
+
+    def handle(event: Any, *args: Any, **kwargs: Any) -> None:
+        original(event, *args, **kwargs)
+        try:
+            callback(event)
+        except Exception as exc:  # noqa: BLE001 - progress must never fail the run
+            print(f"progress callback failed: {exc}", file=sys.stderr)
+
+    instance.handle_new_event = handle
+
+
+def _step_error(event: Any) -> dict[str, Any]:
+    error = event.step_failure_data.error
+    causes = []
+    cause = error.cause if error is not None else None
+    while cause is not None:
+        causes.append(f"{cause.cls_name}: {cause.message.strip()}")
+        cause = cause.cause
+    return {
+        "step": event.step_key,
+        "error_class": error.cls_name if error else None,
+        "message": error.message.strip() if error else "unknown error",
+        "causes": causes,
+        "stack": "".join(error.stack) if error else "",
+    }
+
+
+def main(ctx: Context) -> dict[str, Any]:
+    import dagster as dg
+
+    definitions_file = _definitions_path(ctx)
+    # Definitions find their data through these (set before the module is imported).
+    for name, mounted in ctx.inputs.items():
+        os.environ[f"SANDBOX_INPUT_{name.upper()}"] = mounted
+    if ctx.output_dir is not None:
+        os.environ["SANDBOX_OUTPUT_DIR"] = ctx.output_dir
+
+    ctx.progress(f"loading {definitions_file.name}", 0.02)
+    try:
+        defs = _load_definitions(definitions_file)
+    except ToolError:
+        raise
+    except Exception as exc:
+        raise ToolError(f"loading {definitions_file.name} failed: {type(exc).__name__}: {exc}") from exc
+
+    STORAGE.mkdir(parents=True, exist_ok=True)
+    instance = dg.DagsterInstance.ephemeral(tempdir=str(STORAGE))
+    run_config = ctx.args.get("run_config") or None
+    job_name = ctx.args.get("job")
+    selection = ctx.args.get("select") or None
+
+    if job_name:
+        try:
+            job = defs.resolve_job_def(job_name)
+        except Exception as exc:
+            raise ToolError(f"no job named {job_name!r} in {definitions_file.name}") from exc
+        total = len(job.graph.node_dict)
+        _watch(instance, _Progress(ctx, total))
+        ctx.progress(f"running job {job_name}", 0.1)
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    else:
+        assets = list(defs.assets or [])
+        if not assets:
+            raise ToolError(f"{definitions_file.name} defines no assets; pass 'job' to run a job")
+        resources = dict(defs.resources or {})
+        # Rough step count for the progress fraction (multi-assets count once).
+        total = len(selection) if selection else len(assets)
+        _watch(instance, _Progress(ctx, total))
+        ctx.progress(f"materializing {', '.join(selection) if selection else 'all assets'}", 0.1)
+        try:
+            result = dg.materialize(
+                assets,
+                run_config=run_config,
+                instance=instance,
+                resources=resources,
+                raise_on_error=False,
+                selection=selection,
+                tags={"sandbox/run_id": ctx.run_id} if ctx.run_id else None,
+            )
+        except dg.DagsterInvalidSubsetError as exc:
+            raise ToolError(f"invalid asset selection {selection}: {exc}") from exc
+
+    # Per-asset outcome from the run's events.
+    assets_out: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        key = event.asset_key.to_user_string()
+        materialization = event.step_materialization_data.materialization
+        assets_out[key] = {
+            "status": "materialized",
+            "step": event.step_key,
+            "metadata": _metadata(dict(materialization.metadata)),
+        }
+    steps: dict[str, str] = {}
+    failures = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_SUCCESS":
+            steps[str(event.step_key)] = "success"
+        elif event.event_type_value == "STEP_SKIPPED":
+            steps[str(event.step_key)] = "skipped"
+        elif event.event_type_value == "STEP_FAILURE":
+            steps[str(event.step_key)] = "failed"
+            failures.append(_step_error(event))
+
+    if failures or not result.success:
+        first = failures[0] if failures else {"step": None, "message": "run failed"}
+        raise ToolError(
+            f"step {first['step']} failed: {first['message']}",
+            {"run_id": result.run_id, "failures": failures, "steps": steps, "assets": assets_out},
+        )
+    ctx.progress("done", 1.0)
+    return {
+        "run_id": result.run_id,
+        "job": job_name or result.job_def.name,
+        "success": True,
+        "steps": steps,
+        "assets": assets_out,
+    }
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,224 @@
+"""dbt_transform: run dbt (core + duckdb adapter) on a project mounted read-only.
+
+The project is used in place (``/inputs/project``, read-only); everything dbt writes goes elsewhere:
+target and log paths to /tmp (the artifacts worth keeping are copied to ``/output/artifacts``),
+the profile is generated in /tmp, and the DuckDB database dbt builds is ``/output/<database>``.
+A DuckDB file from an earlier step (input ``source_db``) is attached read-only under an alias the
+project's sources refer to. dbt runs in-process through ``dbtRunner``: nothing is exec'd from the
+noexec /tmp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sandbox_runtime import Context, ToolError, run
+
+WORK = Path("/tmp/dbt")
+TARGET = WORK / "target"
+LOGS = WORK / "logs"
+PROFILES = WORK / "profiles"
+
+# Subcommand words per `command` arg; the arg's enum in the policy is the whitelist.
+COMMANDS: dict[str, list[str]] = {
+    "build": ["build"],
+    "run": ["run"],
+    "test": ["test"],
+    "seed": ["seed"],
+    "compile": ["compile"],
+    "docs generate": ["docs", "generate"],
+}
+# Flags each subcommand accepts (dbt rejects e.g. --full-refresh on `test`).
+ACCEPTS_FULL_REFRESH = {"build", "run", "seed"}
+ARTIFACTS = ("run_results.json", "manifest.json", "catalog.json", "index.html", "sources.json")
+FAILED = {"error", "fail", "runtime error"}
+
+
+def _project_name_and_profile(project: Path) -> tuple[str, str]:
+    import yaml  # dbt's own dependency; imported late to keep `--help`-style failures cheap
+
+    config_file = project / "dbt_project.yml"
+    if not config_file.is_file():
+        raise ToolError(f"no dbt_project.yml in the 'project' input ({project})")
+    config = yaml.safe_load(config_file.read_text()) or {}
+    name = str(config.get("name") or "project")
+    return name, str(config.get("profile") or name)
+
+
+def _source_db_path(ctx: Context) -> Path | None:
+    """The DuckDB file to attach: the `source_db` input itself or one file inside it."""
+    mounted = ctx.inputs.get("source_db")
+    if mounted is None:
+        return None
+    path = Path(mounted)
+    if path.is_file():
+        return path
+    wanted = ctx.args.get("source_db_file")
+    if wanted:
+        candidate = path / wanted
+        if not candidate.is_file():
+            raise ToolError(f"source_db_file {wanted!r} not found in the 'source_db' input")
+        return candidate
+    found = sorted(path.glob("*.duckdb"))
+    if len(found) != 1:
+        raise ToolError(
+            "the 'source_db' input must be a DuckDB file or a directory with exactly one *.duckdb "
+            f"file (found {len(found)}); pass source_db_file to choose",
+        )
+    return found[0]
+
+
+def _write_profile(profile: str, database: Path, source_db: Path | None, alias: str, threads: int) -> None:
+    import yaml
+
+    output: dict[str, Any] = {"type": "duckdb", "path": str(database), "threads": threads}
+    if source_db is not None:
+        output["attach"] = [{"path": str(source_db), "alias": alias, "read_only": True}]
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    profiles = {profile: {"target": "sandbox", "outputs": {"sandbox": output}}}
+    (PROFILES / "profiles.yml").write_text(yaml.safe_dump(profiles, sort_keys=False))
+
+
+def _dbt_args(ctx: Context, project: Path) -> list[str]:
+    args = ctx.args
+    command = str(args.get("command", "build"))
+    words = list(COMMANDS[command])
+    words += [
+        "--project-dir", str(project),
+        "--profiles-dir", str(PROFILES),
+        "--target", "sandbox",
+        "--target-path", str(TARGET),
+        "--log-path", str(LOGS),
+        "--no-use-colors",
+    ]  # fmt: skip
+    for flag in ("select", "exclude"):
+        values = args.get(flag) or []
+        if values:
+            words += [f"--{flag}", *values]
+    if args.get("vars"):
+        words += ["--vars", json.dumps(args["vars"])]
+    if args.get("full_refresh") and command in ACCEPTS_FULL_REFRESH:
+        words.append("--full-refresh")
+    if args.get("fail_fast"):
+        words.append("--fail-fast")
+    return words
+
+
+class _Progress:
+    """Turns dbt's structured events into progress frames: one per finished node."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.total = 0
+        self.done = 0
+
+    def __call__(self, event: Any) -> None:
+        name = event.info.name
+        if name == "ConcurrencyLine":
+            self.total = int(getattr(event.data, "node_count", 0) or 0)
+            self.ctx.progress(f"running {self.total} nodes", 0.1)
+        elif name == "NodeFinished":
+            self.done += 1
+            info = event.data.node_info
+            fraction = 0.1 + 0.85 * self.done / self.total if self.total else None
+            self.ctx.progress(f"{info.unique_id}: {info.node_status}", fraction)
+
+
+def _nodes(run_results: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = []
+    for item in run_results.get("results", []):
+        response = item.get("adapter_response") or {}
+        nodes.append(
+            {
+                "unique_id": item.get("unique_id"),
+                "status": item.get("status"),
+                "execution_time_s": round(float(item.get("execution_time") or 0.0), 3),
+                "timing": item.get("timing", []),
+                "rows_affected": response.get("rows_affected"),
+                "failures": item.get("failures"),
+                "message": item.get("message"),
+                "relation_name": item.get("relation_name"),
+            }
+        )
+    return nodes
+
+
+def _copy_artifacts(output_dir: Path) -> list[str]:
+    dest = output_dir / "artifacts"
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in ARTIFACTS:
+        if (TARGET / name).is_file():
+            shutil.copyfile(TARGET / name, dest / name)
+            copied.append(f"artifacts/{name}")
+    if (LOGS / "dbt.log").is_file():
+        shutil.copyfile(LOGS / "dbt.log", dest / "dbt.log")
+        copied.append("artifacts/dbt.log")
+    return copied
+
+
+def main(ctx: Context) -> dict[str, Any]:
+    if "project" not in ctx.inputs:
+        raise ToolError("dbt_transform needs an input named 'project' (the dbt project directory)")
+    if ctx.output_dir is None:
+        raise ToolError("dbt_transform needs an output directory for its database and artifacts")
+    project = Path(ctx.inputs["project"])
+    output_dir = Path(ctx.output_dir)
+    database = output_dir / str(ctx.args.get("database", "dbt.duckdb"))
+    command = str(ctx.args.get("command", "build"))
+
+    ctx.progress("preparing profile", 0.02)
+    name, profile = _project_name_and_profile(project)
+    source_db = _source_db_path(ctx)
+    alias = str(ctx.args.get("source_alias", "source_db"))
+    _write_profile(profile, database, source_db, alias, int(ctx.args.get("threads", 1)))
+    # Projects may read this in dbt_project.yml (packages-install-path) so `dbt deps` output and
+    # installed packages never land in the read-only project.
+    os.environ["DBT_PACKAGES_INSTALL_PATH"] = str(WORK / "dbt_packages")
+
+    from dbt.cli.main import dbtRunner  # heavy import, after the cheap checks
+
+    words = _dbt_args(ctx, project)
+    ctx.progress(f"dbt {' '.join(COMMANDS[command])} ({name})", 0.05)
+    outcome = dbtRunner(callbacks=[_Progress(ctx)]).invoke(words)
+
+    copied = _copy_artifacts(output_dir)
+    results_file = TARGET / "run_results.json"
+    run_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    nodes = _nodes(run_results)
+    failed = [n for n in nodes if n["status"] in FAILED]
+
+    if outcome.exception is not None:
+        raise ToolError(
+            f"dbt {command} failed: {type(outcome.exception).__name__}: {outcome.exception}",
+            {"nodes": nodes, "artifacts": copied},
+        ) from outcome.exception
+    if failed or not outcome.success:
+        summary = "; ".join(f"{n['unique_id']} ({n['status']}): {n['message']}" for n in failed)
+        raise ToolError(
+            f"dbt {command} failed: {summary or 'see artifacts/dbt.log'}",
+            {"failed": [n["unique_id"] for n in failed], "nodes": nodes, "artifacts": copied},
+        )
+
+    ctx.progress("done", 1.0)
+    counts: dict[str, int] = {}
+    for node in nodes:
+        counts[str(node["status"])] = counts.get(str(node["status"]), 0) + 1
+    return {
+        "command": command,
+        "project": name,
+        "success": True,
+        "database": database.name if database.exists() else None,
+        "elapsed_s": run_results.get("elapsed_time"),
+        "counts": counts,
+        "nodes": nodes,
+        "artifacts": copied,
+    }
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,153 @@
+"""eda_analyze: profile a CSV, Parquet or DuckDB table with ydata-profiling.
+
+Writes an HTML report (minimal mode: no correlations or interactions, which grow quadratically
+with the columns) and, optionally, the full JSON description to the output directory, and returns
+a compact summary: rows, columns, per-column type and missing values, and the alerts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from sandbox_runtime import Context, ToolError, run
+
+SUFFIXES = {"csv": (".csv", ".tsv", ".txt"), "parquet": (".parquet", ".pq"), "duckdb": (".duckdb", ".db")}
+# A table name: `table` or `schema.table` (or `catalog.schema.table`), plain identifiers only: the
+# name is interpolated into SQL, so the policy's pattern and this check both keep it to that.
+TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+
+
+def _data_file(ctx: Context, fmt: str) -> Path:
+    mounted = ctx.inputs.get("data")
+    if mounted is None:
+        raise ToolError("eda_analyze needs an input named 'data' (a file or a directory)")
+    path = Path(mounted)
+    if path.is_file():
+        return path
+    wanted = ctx.args.get("file")
+    if wanted:
+        candidate = path / wanted
+        if not candidate.is_file():
+            raise ToolError(f"file {wanted!r} not found in the 'data' input")
+        return candidate
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES[fmt])
+    if len(found) != 1:
+        raise ToolError(
+            f"the 'data' input holds {len(found)} {fmt} files; pass 'file' to choose one",
+            {"found": [p.name for p in found][:50]},
+        )
+    return found[0]
+
+
+def _read(path: Path, fmt: str, table: str | None, max_rows: int, sep: str) -> Any:
+    import pandas as pd
+
+    if fmt == "csv":
+        return pd.read_csv(path, sep=sep, nrows=max_rows)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        batches = []
+        rows = 0
+        for batch in parquet.iter_batches(batch_size=65536):
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows >= max_rows:
+                break
+        if not batches:
+            return parquet.schema_arrow.empty_table().to_pandas()
+        import pyarrow as pa
+
+        return pa.Table.from_batches(batches).slice(0, max_rows).to_pandas()
+    import duckdb
+
+    if not table:
+        raise ToolError("format 'duckdb' needs 'table' (e.g. main.mart_users)")
+    if not TABLE.match(table):
+        raise ToolError(f"invalid table name {table!r}")
+    quoted = ".".join(f'"{part}"' for part in table.split("."))
+    # read_only: the input is mounted read-only and DuckDB must not try to write a WAL next to it.
+    with duckdb.connect(str(path), read_only=True) as con:
+        try:
+            return con.execute(f"SELECT * FROM {quoted} LIMIT {int(max_rows)}").df()
+        except duckdb.CatalogException as exc:
+            tables = [".".join(r) for r in con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables ORDER BY 1, 2"
+            ).fetchall()]
+            raise ToolError(f"table {table!r} not found in {path.name}", {"tables": tables[:100]}) from exc
+
+
+def _summary(description: Any, frame: Any) -> dict[str, Any]:
+    table = description.table
+    columns = {}
+    for name, var in description.variables.items():
+        entry: dict[str, Any] = {
+            "type": str(var.get("type")),
+            "dtype": str(frame[name].dtype) if name in frame.columns else None,
+            "n_missing": int(var.get("n_missing", 0)),
+            "p_missing": float(var.get("p_missing", 0.0)),
+            "n_distinct": var.get("n_distinct"),
+        }
+        for stat in ("mean", "std", "min", "max"):
+            if stat in var:
+                entry[stat] = var[stat]
+        columns[str(name)] = entry
+    alerts = [
+        {"type": alert.alert_type_name, "column": alert.column_name, "message": str(alert)}
+        for alert in description.alerts
+    ]
+    return {
+        "rows": int(table.get("n", 0)),
+        "columns": int(table.get("n_var", 0)),
+        "types": {str(k): int(v) for k, v in dict(table.get("types", {})).items()},
+        "missing_cells": int(table.get("n_cells_missing", 0)),
+        "missing_cells_fraction": float(table.get("p_cells_missing", 0.0)),
+        "duplicate_rows": table.get("n_duplicates"),
+        "variables": columns,
+        "alerts": alerts,
+    }
+
+
+def main(ctx: Context) -> dict[str, Any]:
+    if ctx.output_dir is None:
+        raise ToolError("eda_analyze needs an output directory for its report")
+    args = ctx.args
+    fmt = str(args.get("format", "csv"))
+    path = _data_file(ctx, fmt)
+    max_rows = int(args.get("max_rows", 1_000_000))
+
+    ctx.progress(f"reading {path.name} ({fmt})", 0.05)
+    frame = _read(path, fmt, args.get("table"), max_rows, str(args.get("sep", ",")))
+    if frame.shape[1] == 0:
+        raise ToolError(f"{path.name} has no columns")
+    ctx.progress(f"read {len(frame)} rows x {frame.shape[1]} columns", 0.2)
+
+    from ydata_profiling import ProfileReport  # heavy import (matplotlib, scipy), after the read
+
+    title = str(args.get("title") or f"Profile of {args.get('table') or path.name}")
+    report = ProfileReport(frame, title=title, minimal=True, progress_bar=False)
+    ctx.progress("profiling", 0.3)
+    description = report.get_description()
+    ctx.progress("rendering report", 0.7)
+    output_dir = Path(ctx.output_dir)
+    html = output_dir / str(args.get("report", "profile.html"))
+    report.to_file(html)
+    written = [html.name]
+    if args.get("write_json", True):
+        json_path = html.with_suffix(".json")
+        report.to_file(json_path)
+        written.append(json_path.name)
+    ctx.progress("done", 1.0)
+    return {
+        "source": {"file": path.name, "format": fmt, "table": args.get("table"), "max_rows": max_rows},
+        "report": html.name,
+        "files": written,
+        "summary": _summary(description, frame),
+    }
+
+
+if __name__ == "__main__":
+    run(main)

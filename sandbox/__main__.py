@@ -1,0 +1,7 @@
+"""``python -m sandbox``."""
+
+from __future__ import annotations
+
+from .cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,269 @@
+"""The command line: the only package that parses argv, configures logging and picks exit
+codes. One module per command group registers its subcommands (``register(commands)``);
+this module wires them and owns ``run``, ``tools`` and ``reap``.
+
+stdout carries frames (or a command's own report) only; human logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, BinaryIO, NoReturn
+
+from loguru import logger
+
+from .. import __version__
+from ..errors import EXIT_CODES, InvalidRequest, SandboxError
+from ..frames import Frame, encode
+from ..request import Request, loads_strict, parse_request, request_from_data
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(InvalidRequest):
+    """argv does not parse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def configure_logging(fmt: str, level: str = "INFO") -> None:
+    logger.remove()
+    logger.enable("sandbox")
+    if fmt == "json":
+        logger.add(sys.stderr, level=level, serialize=True)
+    else:
+        logger.add(sys.stderr, level=level, format="{time:HH:mm:ss} {level: <7} {message}")
+
+
+def policy_dir(args: argparse.Namespace) -> Path:
+    return Path(args.policies or os.environ.get("SANDBOX_POLICY_DIR") or "policies")
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+def _request_from_args(args: argparse.Namespace) -> Request:
+    if args.request is not None:
+        if args.request != "-":
+            raise UsageError("--request takes '-' (the request is read from stdin)")
+        if args.tool or args.args or args.args_file or args.input or args.output or args.timeout:
+            raise UsageError("--request - cannot be combined with TOOL or other run options")
+        return parse_request(sys.stdin.buffer.read())
+    if not args.tool:
+        raise UsageError("run needs TOOL (or --request -)")
+    return request_from_data(
+        {
+            "tool": args.tool,
+            "args": _args_value(args),
+            "inputs": _inputs_value(args.input or []),
+            "output_dir": args.output,
+            "timeout_s": args.timeout,
+        }
+    )
+
+
+def _args_value(args: argparse.Namespace) -> Any:
+    if args.args is not None and args.args_file is not None:
+        raise UsageError("use --args or --args-file, not both")
+    if args.args_file is not None:
+        try:
+            text = Path(args.args_file).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"--args-file {args.args_file}: {exc.strerror}") from exc
+    elif args.args is not None:
+        text = args.args.encode()
+    else:
+        return {}
+    try:
+        return loads_strict(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"--args is not valid JSON: {exc}") from exc
+
+
+def _inputs_value(pairs: Iterable[str]) -> dict[str, str]:
+    inputs: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--input {pair!r}: expected NAME=PATH")
+        if name in inputs:
+            raise UsageError(f"--input {name!r} given twice")
+        inputs[name] = path
+    return inputs
+
+
+def write_frames(frames: Iterable[Frame], out: BinaryIO) -> Frame:
+    """Write each frame as one flushed line; return the last (the exit frame)."""
+    last: Frame = {}
+    for frame in frames:
+        out.write(encode(frame))
+        out.flush()
+        last = frame
+    return last
+
+
+def _install_interrupt(cancel: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        logger.warning("received signal {}: stopping the run", signum)
+        cancel.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..coordinator import Coordinator
+    from ..docker_runtime import DockerRuntime
+
+    try:
+        request: Request | SandboxError = _request_from_args(args)
+    except SandboxError as exc:
+        request = exc
+    cancel = threading.Event()
+    _install_interrupt(cancel)
+    coordinator = Coordinator(runtime=DockerRuntime(), policy_dir=policy_dir(args))
+    if not isinstance(request, SandboxError):
+        _reap_quietly(coordinator)
+    last = write_frames(coordinator.run(request, cancel=cancel), sys.stdout.buffer)
+    return EXIT_CODES.get(last.get("status", "infrastructure_error"), 6)  # type: ignore[call-overload]
+
+
+def _reap_quietly(coordinator: Any) -> None:
+    try:
+        removed = coordinator.reap()
+    except SandboxError as exc:
+        logger.debug("reap skipped: {}", exc)
+        return
+    if removed:
+        logger.info("reaped {} container(s) left by coordinators that are gone", len(removed))
+
+
+# --- tools, reap ------------------------------------------------------------------------------
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    from ..policy import load_policy_dir
+
+    policies = load_policy_dir(policy_dir(args))
+    rows = [
+        {
+            "tool": name,
+            "description": lp.policy.description,
+            "image": lp.policy.image.name,
+            "image_id": lp.policy.image.id,
+            "runtime": lp.policy.runtime,
+            "network": lp.policy.network,
+            "timeout_s": lp.policy.limits.timeout_s,
+            "memory_mb": lp.policy.limits.memory_mb,
+            "args_schema": lp.policy.args_schema,
+        }
+        for name, lp in sorted(policies.items())
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['tool']:<22} {row['image']:<20} {row['description']}")
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    from ..coordinator import Coordinator
+    from ..docker_runtime import DockerRuntime
+
+    coordinator = Coordinator(runtime=DockerRuntime(), policy_dir=policy_dir(args))
+    removed = coordinator.reap()
+    for container_id in removed:
+        print(container_id)
+    logger.info("removed {} container(s)", len(removed))
+    return 0
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sandbox",
+        description="Run whitelisted data-tool scripts in hardened, short-lived Docker containers.",
+    )
+    parser.add_argument("--version", action="version", version=f"sandbox {__version__}")
+    parser.add_argument("--policies", metavar="DIR", help="policy directory (default $SANDBOX_POLICY_DIR or ./policies)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument("--log-level", default=os.environ.get("SANDBOX_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="one run; frames on stdout")
+    run.add_argument("tool", nargs="?", metavar="TOOL")
+    run.add_argument("--args", metavar="JSON")
+    run.add_argument("--args-file", metavar="F")
+    run.add_argument("--input", action="append", metavar="NAME=PATH")
+    run.add_argument("--output", metavar="DIR")
+    run.add_argument("--timeout", type=float, metavar="S")
+    run.add_argument("--request", metavar="-", help="read the whole request as JSON from stdin")
+    run.set_defaults(handler=cmd_run)
+
+    tools = commands.add_parser("tools", help="the whitelisted tools")
+    tools.add_argument("--json", action="store_true")
+    tools.set_defaults(handler=cmd_tools)
+
+    reap = commands.add_parser("reap", help="remove containers left by coordinators that are gone")
+    reap.set_defaults(handler=cmd_reap)
+
+    for register in _extensions():
+        register(commands)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any], None]]:
+    """The other command groups, each in its own module of this package."""
+    import importlib
+    import pkgutil
+
+    registrars = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        registrars.append(module.register)
+    return registrars
+
+
+def _usage_exit(argv: Sequence[str], exc: SandboxError) -> int:
+    print(f"sandbox: {exc}", file=sys.stderr)
+    if "run" in argv:
+        from ..coordinator import refused_frames
+
+        write_frames(refused_frames(exc), sys.stdout.buffer)
+    return exc.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return _usage_exit(argv, exc)
+    configure_logging(args.log_format, args.log_level)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except SandboxError as exc:
+        logger.error("{}", exc)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""The one orchestrator: ``Coordinator.run(request)`` yields one run's frames, ending with exactly
+one ``exit`` frame, whatever happens. Talks to the engine only through ``ContainerRuntime``.
+
+"Could not run" (invalid, denied, engine trouble) is raised inside and reported as an ``error``
+frame; "ran and failed" (non-zero exit, timeout, OOM, limits) is data read from the engine. The
+container is removed and outputs published or set aside *before* the exit frame is made.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from . import hostcheck, staging
+from .errors import (
+    EXIT_CODES,
+    InfrastructureError,
+    Interrupted,
+    ResourceLimit,
+    SandboxError,
+    Status,
+    Timeout,
+    ToolError,
+)
+from .frames import Frame, FrameFactory
+from .policy import LoadedPolicy, authorize, effective_timeout, find_policy
+from .request import Request
+from .runtime import Attachment, ContainerRuntime, ExitState
+from .spec import (
+    INPUTS_DIR,
+    LABEL_DEADLINE,
+    LABEL_OWNER_HOST,
+    LABEL_OWNER_PID,
+    LABEL_OWNER_START,
+    OUTPUT_DIR,
+    ContainerSpec,
+    Owner,
+    build_spec,
+)
+from .stream import FrameAssembler
+
+# After the deadline the engine gets this long to report the container's end.
+WAIT_GRACE_S = 15.0
+# A container whose deadline passed this long ago is reaped even if its owner looks alive.
+REAP_AFTER_DEADLINE_S = 60.0
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Outcome:
+    """What the exit frame will say."""
+
+    status: Status = "ok"
+    exit_code: int | None = None
+    oom_killed: bool = False
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
+    error: SandboxError | None = None
+    script_reported_error: bool = False
+    partial_outputs: str | None = None
+
+    def fail(self, error: SandboxError) -> None:
+        """Record a failure; the first one decides the status."""
+        if self.error is None:
+            self.error = error
+            self.status = error.status
+
+
+class Watchdog:
+    """Kills the container at the deadline, on cancel, or when outputs grow past the limit.
+
+    A thread polling the injected clock, so unit tests can move time; if the engine does not
+    end the stream after a kill, it closes the attach socket so the reader never hangs.
+    """
+
+    def __init__(
+        self,
+        *,
+        kill: Callable[[], None],
+        attachment: Attachment,
+        deadline: float,
+        clock: Callable[[], float],
+        cancel: threading.Event,
+        stage: staging.OutputStaging | None,
+        max_output_bytes: int,
+        poll_s: float,
+        output_poll_s: float,
+    ) -> None:
+        self.reason: str | None = None
+        self._kill = kill
+        self._attachment = attachment
+        self._deadline = deadline
+        self._clock = clock
+        self._cancel = cancel
+        self._stage = stage
+        self._max_output = max_output_bytes
+        self._poll_s = poll_s
+        self._output_poll_s = output_poll_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._tripped_at: float | None = None
+        self._thread = threading.Thread(target=self._loop, name="sandbox-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def trip(self, reason: str) -> None:
+        """Ask for the container to be killed. Never blocks: the engine's kill waits for the
+        container's output to drain, so the reader thread must go on reading meanwhile."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+        logger.info("stopping container: {}", reason)
+        self._wake.set()
+
+    def _kill_now(self) -> None:
+        self._tripped_at = self._clock()
+        try:
+            self._kill()
+        except SandboxError as exc:
+            logger.warning("kill failed: {}", exc)
+
+    def _loop(self) -> None:
+        next_measure = self._clock()
+        while not self._stop.is_set():
+            self._wake.wait(self._poll_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            now = self._clock()
+            if self._cancel.is_set():
+                self.trip("interrupted")
+            elif now >= self._deadline:
+                self.trip("timeout")
+            elif self._stage is not None and now >= next_measure:
+                next_measure = now + self._output_poll_s
+                used = staging.measure(self._stage.staging)
+                if used.bytes > self._max_output or used.entries > staging.MAX_OUTPUT_ENTRIES:
+                    self.trip("output")
+            if self.reason is not None and self._tripped_at is None:
+                self._kill_now()
+            elif self._tripped_at is not None and now >= self._tripped_at + WAIT_GRACE_S:
+                logger.warning("engine did not end the stream after a kill; closing it")
+                self._attachment.close()
+                return
+
+
+@dataclass
+class Coordinator:
+    """Runs requests against the policies in ``policy_dir`` on ``runtime``."""
+
+    runtime: ContainerRuntime
+    policy_dir: Path
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    owner: Owner | None = None
+    poll_s: float = 0.1
+    output_poll_s: float = 0.5
+    admission: Callable[[int], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.owner is None:
+            self.owner = hostcheck.current_owner()
+        if self.admission is None:
+            self.admission = lambda mb: hostcheck.admit(mb, hostcheck.snapshot())
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        request: Request | SandboxError,
+        *,
+        run_id: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Frame]:
+        """One run's frames. A request that failed to parse is passed as its error."""
+        frames = FrameFactory(run_id or new_run_id())
+        began = self.clock()
+        outcome = Outcome()
+        try:
+            if isinstance(request, SandboxError):
+                raise request
+            yield from self._run(request, frames, outcome, cancel or threading.Event())
+        except SandboxError as exc:
+            outcome.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end the run with an exit frame
+            logger.opt(exception=exc).error("internal error in run {}", frames.run_id)
+            outcome.fail(InfrastructureError(f"internal error: {type(exc).__name__}: {exc}"))
+        if outcome.error is not None and not (
+            outcome.status == "tool_error" and outcome.script_reported_error
+        ):
+            error = frames.from_exception(outcome.error)
+            if outcome.partial_outputs:
+                error["error"]["details"]["partial_outputs"] = outcome.partial_outputs
+            yield error
+        yield _exit(frames, outcome, self.clock() - began)
+
+    def _run(
+        self, request: Request, frames: FrameFactory, outcome: Outcome, cancel: threading.Event
+    ) -> Iterator[Frame]:
+        loaded = find_policy(self.policy_dir, request.tool)
+        policy = loaded.policy
+        authorize(loaded, request)
+        inputs = staging.resolve_inputs(request.inputs, loaded.allowed_roots)
+        output_dir = staging.check_output_dir(request.output_dir) if request.output_dir else None
+        timeout_s = effective_timeout(policy, request)
+        self.runtime.check_image(policy.image.name, policy.image.id)
+        assert self.admission is not None  # noqa: S101 - set in __post_init__
+        self.admission(policy.limits.memory_mb)
+        stage = staging.prepare_output(output_dir, frames.run_id) if output_dir else None
+        try:
+            spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s)
+            yield frames.make(
+                "accepted",
+                tool=policy.tool,
+                image=policy.image.name,
+                image_id=policy.image.id,
+                policy_sha256=loaded.sha256,
+                limits=_effective_limits(spec, loaded, timeout_s),
+            )
+            yield from self._contain(spec, request, frames, outcome, cancel, stage, loaded)
+        finally:
+            self._finish_outputs(stage, outcome, loaded)
+
+    def _spec(
+        self,
+        loaded: LoadedPolicy,
+        run_id: str,
+        inputs: dict[str, str],
+        stage: staging.OutputStaging | None,
+        timeout_s: float,
+    ) -> ContainerSpec:
+        assert self.owner is not None  # noqa: S101 - set in __post_init__
+        return build_spec(
+            loaded.policy,
+            run_id=run_id,
+            policy_sha256=loaded.sha256,
+            inputs=inputs,
+            staging_dir=str(stage.staging) if stage else None,
+            timeout_s=timeout_s,
+            owner=self.owner,
+            deadline=self.wall_clock() + timeout_s,
+        )
+
+    def _contain(
+        self,
+        spec: ContainerSpec,
+        request: Request,
+        frames: FrameFactory,
+        outcome: Outcome,
+        cancel: threading.Event,
+        stage: staging.OutputStaging | None,
+        loaded: LoadedPolicy,
+    ) -> Iterator[Frame]:
+        container_id = self.runtime.create(spec)
+        attachment: Attachment | None = None
+        watchdog: Watchdog | None = None
+        try:
+            attachment = self.runtime.attach(container_id)
+            attachment.send_stdin(_stdin_line(frames.run_id, request, stage is not None))
+            if cancel.is_set():
+                raise Interrupted("interrupted before the container started")
+            deadline = self.clock() + spec.timeout_s
+            self.runtime.start(container_id)
+            yield frames.make("started", container_id=container_id)
+            watchdog = Watchdog(
+                kill=lambda: self.runtime.kill(container_id),
+                attachment=attachment,
+                deadline=deadline,
+                clock=self.clock,
+                cancel=cancel,
+                stage=stage,
+                max_output_bytes=loaded.policy.output.max_mb * 1024 * 1024,
+                poll_s=self.poll_s,
+                output_poll_s=self.output_poll_s,
+            )
+            watchdog.start()
+            yield from self._stream(attachment, frames, outcome, watchdog, spec)
+            state = self.runtime.wait(container_id, WAIT_GRACE_S)
+            watchdog.stop()
+            past_deadline = self.clock() >= deadline
+            _classify(outcome, state, watchdog.reason, spec, loaded, past_deadline=past_deadline)
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+            if attachment is not None:
+                attachment.close()
+            self._remove(container_id, outcome)
+
+    def _stream(
+        self,
+        attachment: Attachment,
+        frames: FrameFactory,
+        outcome: Outcome,
+        watchdog: Watchdog,
+        spec: ContainerSpec,
+    ) -> Iterator[Frame]:
+        assembler = FrameAssembler(
+            frames, frame_max=spec.frame_max_bytes, stream_cap=spec.stream_cap_bytes
+        )
+        for stream, chunk in attachment.chunks():
+            for frame in assembler.feed(stream, chunk):
+                if frame["type"] == "error":
+                    outcome.script_reported_error = True
+                yield frame
+            if assembler.over_cap:
+                watchdog.trip("stream")
+        for frame in assembler.flush():
+            if frame["type"] == "error":
+                outcome.script_reported_error = True
+            yield frame
+
+    def _remove(self, container_id: str, outcome: Outcome) -> None:
+        try:
+            self.runtime.remove(container_id)
+        except SandboxError as exc:
+            logger.error("could not remove container {}: {}", container_id[:12], exc)
+            outcome.fail(exc)
+
+    def _finish_outputs(
+        self, stage: staging.OutputStaging | None, outcome: Outcome, loaded: LoadedPolicy
+    ) -> None:
+        if stage is None:
+            return
+        if outcome.status == "ok":
+            try:
+                outcome.outputs, outcome.refused = staging.publish(
+                    stage, loaded.policy.output.max_mb * 1024 * 1024
+                )
+                return
+            except SandboxError as exc:
+                outcome.fail(exc)
+            except OSError as exc:
+                outcome.fail(InfrastructureError(f"could not publish outputs: {exc}"))
+        try:
+            kept = staging.set_aside(stage)
+        except OSError as exc:
+            logger.error("could not set aside partial outputs: {}", exc)
+            return
+        outcome.partial_outputs = str(kept) if kept else None
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    def reap(self) -> list[str]:
+        """Remove containers whose owning coordinator is gone; never a live one's."""
+        assert self.owner is not None  # noqa: S101 - set in __post_init__
+        removed = []
+        now = self.wall_clock()
+        for container in self.runtime.list_managed():
+            if should_reap(container.labels, self.owner, now, hostcheck.owner_alive):
+                self.runtime.remove(container.id)
+                removed.append(container.id)
+        return removed
+
+
+def refused_frames(error: SandboxError, run_id: str | None = None) -> list[Frame]:
+    """The error and exit frames of a run refused before any engine call (e.g. bad argv)."""
+    frames = FrameFactory(run_id or new_run_id())
+    outcome = Outcome()
+    outcome.fail(error)
+    return [frames.from_exception(error), _exit(frames, outcome, 0.0)]
+
+
+def _exit(frames: FrameFactory, outcome: Outcome, duration: float) -> Frame:
+    extra = {"partial_outputs": outcome.partial_outputs} if outcome.partial_outputs else {}
+    return frames.make(
+        "exit",
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        oom_killed=outcome.oom_killed,
+        duration_s=round(duration, 3),
+        outputs=outcome.outputs,
+        refused=outcome.refused,
+        **extra,
+    )
+
+
+def should_reap(
+    labels: dict[str, str], me: Owner, now: float, alive: Callable[[int, float], bool]
+) -> bool:
+    """Pure reaping rule: the owner is gone, or (owner on another host) the deadline is long past."""
+    try:
+        pid = int(labels[LABEL_OWNER_PID])
+        start = float(labels[LABEL_OWNER_START])
+        deadline = float(labels.get(LABEL_DEADLINE, "0"))
+    except (KeyError, ValueError):
+        return True  # labelled ours but unreadable: nobody can be waiting on it
+    if labels.get(LABEL_OWNER_HOST) != me.host:
+        return now > deadline + REAP_AFTER_DEADLINE_S
+    if pid == me.pid and abs(start - me.start_time) < 0.01:
+        return False
+    return not alive(pid, start)
+
+
+def _stdin_line(run_id: str, request: Request, has_output: bool) -> bytes:
+    body = {
+        "run_id": run_id,
+        "args": request.args,
+        "inputs": {name: f"{INPUTS_DIR}/{name}" for name in sorted(request.inputs)},
+        "output_dir": OUTPUT_DIR if has_output else None,
+    }
+    return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+
+
+def _effective_limits(spec: ContainerSpec, loaded: LoadedPolicy, timeout_s: float) -> dict[str, Any]:
+    limits = loaded.policy.limits
+    return {
+        "timeout_s": timeout_s,
+        "memory_mb": limits.memory_mb,
+        "cpus": limits.cpus,
+        "pids": limits.pids,
+        "tmpfs_mb": limits.tmpfs_mb,
+        "stdout_mb": limits.stdout_mb,
+        "frame_kb": limits.frame_kb,
+        "output_mb": loaded.policy.output.max_mb,
+        "network": loaded.policy.network,
+        "runtime": loaded.policy.runtime,
+    }
+
+
+def _classify(
+    outcome: Outcome,
+    state: ExitState,
+    reason: str | None,
+    spec: ContainerSpec,
+    loaded: LoadedPolicy,
+    *,
+    past_deadline: bool,
+) -> None:
+    """Status from the engine's report and the watchdog's reason, never from the script."""
+    outcome.exit_code = state.exit_code
+    outcome.oom_killed = state.oom_killed
+    limits = loaded.policy.limits
+    if reason == "interrupted":
+        outcome.fail(Interrupted("the run was interrupted; its container was removed"))
+    elif reason == "timeout":
+        outcome.fail(Timeout(f"the run passed its {spec.timeout_s:g}s deadline and was killed",
+                             limit="timeout_s"))
+    elif reason == "stream":
+        outcome.fail(ResourceLimit(
+            f"the tool wrote more than {limits.stdout_mb} MiB to stdout/stderr",
+            limit="stdout_mb"))
+    elif reason == "output":
+        outcome.fail(ResourceLimit(
+            f"the tool wrote more than {loaded.policy.output.max_mb} MiB (or "
+            f"{staging.MAX_OUTPUT_ENTRIES} entries) to the output directory",
+            limit="output.max_mb"))
+    elif state.oom_killed:
+        outcome.fail(ResourceLimit(
+            f"the tool ran out of memory (limit {limits.memory_mb} MiB)", limit="memory_mb"))
+    elif state.exit_code == 137 and past_deadline:
+        outcome.fail(Timeout("the run was killed at its in-container deadline"))
+    elif state.exit_code != 0:
+        outcome.fail(ToolError(f"the tool exited with status {state.exit_code}",
+                               exit_code=state.exit_code))
+
+
+def exit_code_for(status: Status) -> int:
+    return EXIT_CODES[status]

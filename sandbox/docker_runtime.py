@@ -1,0 +1,278 @@
+"""The Docker engine behind ``ContainerRuntime``: the only module (with ``images``) that imports
+docker and requests, and the one place their errors become ours.
+
+Engine facts this module relies on (../shared/notes/engine.md): attach with ``logs=False`` and
+before ``start()``; the log driver is ``none`` so output never piles up in the daemon; never
+``containers.run()`` (it pulls and raises on non-zero exit).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import _create_container_args
+from loguru import logger
+
+from .errors import InfrastructureError, SandboxError
+from .retry import transient_retry
+from .runtime import Attachment, EngineInfo, ExitState, ManagedContainer, StreamName
+from .spec import LABEL_MANAGED, LABEL_RUN_ID, ContainerSpec
+
+T = TypeVar("T")
+ENGINE_FIX = "start the engine: `make setup` (runs scripts/engine.sh) or `sudo systemctl start docker`"
+_STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
+_RECV_BYTES = 256 * 1024
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection hiccups and 5xx answers; never a 4xx (the request itself is wrong)."""
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
+        return bool(exc.status_code >= 500)
+    return False
+
+
+@contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn docker/requests errors raised by ``action`` into InfrastructureError."""
+    try:
+        yield
+    except SandboxError:
+        raise
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        raise InfrastructureError(
+            f"Docker engine unreachable while trying to {action}: {exc}", fix=ENGINE_FIX
+        ) from exc
+    except docker.errors.APIError as exc:
+        raise InfrastructureError(
+            f"Docker engine refused to {action}: {exc.explanation or exc}",
+            status_code=exc.status_code,
+        ) from exc
+    except docker.errors.DockerException as exc:
+        raise InfrastructureError(f"Docker failed to {action}: {exc}", fix=ENGINE_FIX) from exc
+
+
+class Demuxer:
+    """Splits Docker's multiplexed attach stream (8-byte headers: stream, 0, 0, 0, size)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._need: int | None = None
+        self._stream: StreamName = "stdout"
+
+    def feed(self, data: bytes) -> Iterator[tuple[StreamName, bytes]]:
+        self._buf += data
+        while True:
+            if self._need is None:
+                if len(self._buf) < 8:
+                    return
+                kind, size = struct.unpack(">BxxxL", self._buf[:8])
+                del self._buf[:8]
+                self._stream = _STREAMS.get(kind, "stderr")
+                self._need = size
+            if self._need == 0:
+                self._need = None
+                continue
+            if not self._buf:
+                return
+            take = min(self._need, len(self._buf))
+            piece = bytes(self._buf[:take])
+            del self._buf[:take]
+            self._need -= take
+            if self._need == 0:
+                self._need = None
+            yield self._stream, piece
+
+
+class DockerAttachment:
+    """A hijacked attach connection: stdin in, multiplexed stdout/stderr out."""
+
+    def __init__(self, sock: socket.socket, keepalive: Any) -> None:
+        self._sock = sock
+        self._keepalive = keepalive  # the SDK's response object owns the connection
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def send_stdin(self, data: bytes) -> None:
+        # The daemon forwards stdin only once the container runs: write from a thread so a
+        # request larger than the socket buffers cannot block start().
+        def write() -> None:
+            try:
+                self._sock.sendall(data)
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                logger.debug("stdin write ended early: {}", exc)
+
+        self._writer = threading.Thread(target=write, name="sandbox-stdin", daemon=True)
+        self._writer.start()
+
+    def chunks(self) -> Iterator[tuple[StreamName, bytes]]:
+        demux = Demuxer()
+        while True:
+            try:
+                data = self._sock.recv(_RECV_BYTES)
+            except OSError as exc:
+                if self._closed:
+                    return
+                raise InfrastructureError(
+                    f"lost the container's output stream: {exc}", fix=ENGINE_FIX
+                ) from exc
+            if not data:
+                return
+            yield from demux.feed(data)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            logger.debug("attach socket already shut")
+        self._sock.close()
+
+
+class DockerRuntime:
+    """``ContainerRuntime`` over the docker SDK's low-level API client."""
+
+    def __init__(self, client: docker.DockerClient | None = None, timeout_s: int = 60) -> None:
+        self._given = client
+        self._timeout_s = timeout_s
+        self._checked_images: set[tuple[str, str]] = set()
+
+    @cached_property
+    def client(self) -> docker.DockerClient:
+        if self._given is not None:
+            return self._given
+        with translated("connect"):
+            return docker.from_env(version="auto", timeout=self._timeout_s)
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    def _retrying(self, action: str, call: Callable[[], T]) -> T:
+        with translated(action):
+            return transient_retry(action, _is_transient)(call)()
+
+    def check_image(self, name: str, pinned_id: str) -> None:
+        if (name, pinned_id) in self._checked_images:
+            return
+        try:
+            actual = self._retrying("inspect image", lambda: self.api.inspect_image(name))["Id"]
+        except InfrastructureError as exc:
+            if exc.details.get("status_code") != 404:
+                raise
+            raise InfrastructureError(
+                f"image {name} is not present in the engine",
+                fix="build it: `make images` (or `bash scripts/build-image.sh NAME`)",
+                image=name,
+            ) from exc
+        if actual != pinned_id:
+            raise InfrastructureError(
+                f"image {name} is {actual}, but the policy pins {pinned_id}",
+                fix="rebuild the image from the pinned sources, or review and run "
+                "`sandbox images lock` to pin the image you built",
+                image=name,
+                actual_id=actual,
+                pinned_id=pinned_id,
+            )
+        self._checked_images.add((name, pinned_id))
+
+    def create(self, spec: ContainerSpec) -> str:
+        kwargs = _create_container_args({**spec.create_kwargs(), "version": self.api._version})
+        run_id = dict(spec.labels)[LABEL_RUN_ID]
+
+        def create_once() -> str:
+            try:
+                return str(self.api.create_container(**kwargs)["Id"])
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                # A retried create whose first attempt reached the engine: adopt it if ours.
+                found = self.api.inspect_container(spec.name)
+                if found["Config"]["Labels"].get(LABEL_RUN_ID) != run_id:
+                    raise
+                return str(found["Id"])
+
+        return self._retrying("create the container", create_once)
+
+    def attach(self, container_id: str) -> Attachment:
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+        with translated("attach to the container"):
+            raw = self.api.attach_socket(container_id, params=params)
+        sock = raw._sock if hasattr(raw, "_sock") else raw
+        # The client's request timeout would end a quiet run's stream; the watchdog bounds it.
+        sock.settimeout(None)
+        return DockerAttachment(sock, keepalive=raw)
+
+    def start(self, container_id: str) -> None:
+        with translated("start the container"):
+            self.api.start(container_id)
+
+    def kill(self, container_id: str) -> None:
+        try:
+            with translated("kill the container"):
+                self.api.kill(container_id)
+        except InfrastructureError as exc:
+            if exc.details.get("status_code") in (404, 409):
+                return  # gone or not running: the goal is met
+            raise
+
+    def wait(self, container_id: str, timeout_s: float) -> ExitState:
+        with translated("wait for the container"):
+            status = self.api.wait(container_id, timeout=timeout_s)
+        state = self._retrying(
+            "inspect the container", lambda: self.api.inspect_container(container_id)["State"]
+        )
+        return ExitState(
+            exit_code=int(status.get("StatusCode", state.get("ExitCode", -1))),
+            oom_killed=bool(state.get("OOMKilled", False)),
+        )
+
+    def remove(self, container_id: str) -> None:
+        def remove_once() -> None:
+            try:
+                self.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and "already in progress" in str(exc.explanation):
+                    return
+                raise
+
+        self._retrying("remove the container", remove_once)
+
+    def list_managed(self) -> list[ManagedContainer]:
+        found = self._retrying(
+            "list containers",
+            lambda: self.api.containers(all=True, filters={"label": LABEL_MANAGED}),
+        )
+        return [
+            ManagedContainer(
+                id=c["Id"],
+                name=(c.get("Names") or ["?"])[0].lstrip("/"),
+                labels=dict(c.get("Labels") or {}),
+                state=str(c.get("State", "")),
+            )
+            for c in found
+        ]
+
+    def info(self) -> EngineInfo:
+        with translated("read the engine's version"):
+            version = self.api.version()
+            info = self.api.info()
+        return EngineInfo(
+            version=str(version.get("Version", "?")),
+            api_version=str(version.get("ApiVersion", "?")),
+            runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
+            cgroup_version=str(info.get("CgroupVersion", "?")),
+        )

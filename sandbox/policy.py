@@ -1,0 +1,368 @@
+"""Policy files: the pydantic model of ``policies/TOOL.yaml``, a strict loader that names file,
+line and key on any error, and ``authorize`` (is this request allowed by this policy).
+
+Reading (I/O) is ``read_policy``; ``parse_policy`` is pure (bytes in, policy out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InvalidRequest, PolicyDenied, PolicyFileError
+from .request import INPUT_NAME_RE, Request
+
+MAX_POLICY_BYTES = 256 * 1024
+TOOL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+IMAGE_ID_RE = r"^sha256:[0-9a-f]{64}$"
+MAX_FRAME_KB = 1024
+# Files in the policy directory that are not tool policies.
+NON_TOOL_FILES = frozenset({"baseline.yaml"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ImageRef(_Strict):
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[a-z0-9][a-z0-9._/:-]*$")
+    """Repository (and optional tag) the image is built as, e.g. ``sandbox/dbt``."""
+    id: str = Field(pattern=IMAGE_ID_RE)
+    """The pinned image id; a run refuses any image whose id differs."""
+
+
+class InputsPolicy(_Strict):
+    allowed_roots: list[str] = Field(default_factory=list)
+    """Host directories (relative to the policy file) under which request inputs must lie."""
+    max: int = Field(default=0, ge=0, le=64)
+    """How many inputs one request may mount (read-only)."""
+
+
+class OutputPolicy(_Strict):
+    required: bool = False
+    """Whether a request must name an output directory."""
+    max_mb: int = Field(default=64, ge=1, le=1024 * 1024)
+    """Total size the script may write under /output (and the largest single file)."""
+
+
+class Limits(_Strict):
+    timeout_s: float = Field(default=60.0, gt=0, le=24 * 3600)
+    """Wall-clock deadline of a run; a request may lower it, never raise it."""
+    memory_mb: int = Field(default=512, ge=32, le=1024 * 1024)
+    """Memory limit; swap is the same value, so the container gets no swap."""
+    cpus: float = Field(default=1.0, gt=0, le=256)
+    """CPU quota in cores."""
+    pids: int = Field(default=128, ge=8, le=65536)
+    """The tool's own processes and threads."""
+    tmpfs_mb: int = Field(default=64, ge=1, le=1024 * 1024)
+    """Size of the /tmp tmpfs; it counts against memory, so it must be below ``memory_mb``."""
+    stdout_mb: int = Field(default=64, ge=1, le=1024 * 1024)
+    """Bytes the script may write to stdout and stderr together."""
+    frame_kb: int = Field(default=MAX_FRAME_KB, ge=4, le=MAX_FRAME_KB)
+    """Longest frame line in KiB (the protocol caps it at 1 MiB)."""
+
+    @model_validator(mode="after")
+    def _tmpfs_within_memory(self) -> Limits:
+        if self.tmpfs_mb >= self.memory_mb:
+            msg = f"tmpfs_mb ({self.tmpfs_mb}) must be below memory_mb ({self.memory_mb})"
+            raise ValueError(msg)
+        return self
+
+
+class PoolPolicy(_Strict):
+    warm: int = Field(default=0, ge=0, le=16)
+    """Containers to keep created ahead of need (used by ``sandbox serve``)."""
+
+
+class Policy(_Strict):
+    """One whitelisted tool: what it runs, from which image, with which limits."""
+
+    version: Literal[1]
+    """Policy format version."""
+    tool: str = Field(pattern=TOOL_NAME_RE.pattern)
+    """Tool name; equals the file name without ``.yaml``."""
+    description: str = Field(default="", max_length=2000)
+    """What the tool does, for humans."""
+    image: ImageRef
+    """The image and its pinned id."""
+    command: list[str] = Field(min_length=1, max_length=64)
+    """Argv run in the container; fixed by the policy, requests never build commands."""
+    args_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "additionalProperties": False}
+    )
+    """JSON Schema (draft 2020-12) the request's ``args`` must satisfy."""
+    inputs: InputsPolicy = InputsPolicy()
+    """Which host paths a request may mount read-only."""
+    output: OutputPolicy = OutputPolicy()
+    """The output directory rules."""
+    limits: Limits = Limits()
+    """Resource limits, the strict ones by default."""
+    network: str = Field(default="none", pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
+    """``none``; anything else needs ``justification.network``."""
+    runtime: Literal["runc", "runsc"] = "runc"
+    """OCI runtime: runc, or runsc (gVisor) for a second kernel boundary."""
+    user: str = Field(default="65532:65532", pattern=r"^[0-9]{1,10}(:[0-9]{1,10})?$")
+    """Numeric uid:gid; never root."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Fixed environment; the host environment never leaks in."""
+    justification: dict[str, str] = Field(default_factory=dict)
+    """Reviewer-facing reason for every relaxation, keyed by the relaxed field."""
+    pool: PoolPolicy = PoolPolicy()
+    """Warm-pool sizing for ``sandbox serve``."""
+
+    @field_validator("user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value.split(":")[0] == "0" or value.split(":")[-1] == "0":
+            msg = "must not be root (uid or gid 0)"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _no_host_namespaces(cls, value: str) -> str:
+        if value == "host" or value.startswith("container"):
+            msg = f"network {value!r} would share a host or container namespace"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+                msg = f"environment variable name {key!r} is not valid"
+                raise ValueError(msg)
+        return value
+
+    @field_validator("args_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            msg = f"not a valid JSON Schema: {exc.message}"
+            raise ValueError(msg) from exc
+        if value.get("type") != "object":
+            msg = "must describe an object (type: object)"
+            raise ValueError(msg)
+        return value
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy with where it came from."""
+
+    policy: Policy
+    path: Path
+    sha256: str
+
+    @cached_property
+    def allowed_roots(self) -> tuple[Path, ...]:
+        """Allowed input roots as real absolute paths (relative ones from the policy's dir)."""
+        base = self.path.parent
+        return tuple(
+            (base / Path(root).expanduser()).resolve() for root in self.policy.inputs.allowed_roots
+        )
+
+    @cached_property
+    def args_validator(self) -> jsonschema.protocols.Validator:
+        return jsonschema.Draft202012Validator(
+            self.policy.args_schema, format_checker=jsonschema.FormatChecker()
+        )
+
+
+# --- parsing (pure) ---------------------------------------------------------------------------
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (no billion-laughs) and duplicate keys."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases are not allowed in policies", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _line_of(node: Any, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
+    """The 1-based line of the YAML node at a pydantic error location, and the dotted key."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line, ".".join(str(p) for p in loc)
+
+
+def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
+    """Parse and validate one policy file's bytes. Raises PolicyFileError naming line and key."""
+    where = str(path)
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyFileError(f"file is larger than {MAX_POLICY_BYTES} bytes", path=where)
+    loader = _PolicyLoader(text.decode("utf-8", errors="strict"))
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or str(exc)
+        raise PolicyFileError(problem, path=where, line=mark.line + 1 if mark else None) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyFileError(str(exc), path=where) from exc
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise PolicyFileError("a policy must be a YAML mapping", path=where, line=1)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        line, key = _line_of(node, tuple(first["loc"]))
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise PolicyFileError(message, path=where, line=line, key=key or None) from exc
+    if path.stem != policy.tool:
+        line, _ = _line_of(node, ("tool",))
+        raise PolicyFileError(
+            f"tool {policy.tool!r} does not match the file name {path.name!r}",
+            path=where,
+            line=line,
+            key="tool",
+        )
+    return LoadedPolicy(policy=policy, path=path, sha256=hashlib.sha256(text).hexdigest())
+
+
+# --- reading (I/O) ----------------------------------------------------------------------------
+
+
+def read_policy(path: Path) -> LoadedPolicy:
+    """Read and parse one policy file."""
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyFileError(f"cannot read: {exc.strerror}", path=str(path)) from exc
+    try:
+        return parse_policy(text, path)
+    except UnicodeDecodeError as exc:
+        raise PolicyFileError("not UTF-8 text", path=str(path)) from exc
+
+
+def policy_files(directory: Path) -> list[Path]:
+    """The tool policy files of a directory, sorted."""
+    if not directory.is_dir():
+        raise PolicyFileError("policy directory not found", path=str(directory))
+    return sorted(p for p in directory.glob("*.yaml") if p.name not in NON_TOOL_FILES)
+
+
+def load_policy_dir(directory: Path) -> dict[str, LoadedPolicy]:
+    """Every tool policy of a directory, by tool name; the first bad file raises."""
+    return {lp.policy.tool: lp for lp in map(read_policy, policy_files(directory))}
+
+
+def find_policy(directory: Path, tool: str) -> LoadedPolicy:
+    """The policy for one tool, reading only its file; PolicyDenied when there is none."""
+    if not TOOL_NAME_RE.fullmatch(tool):
+        raise PolicyDenied(f"no policy for tool {tool!r}: not a valid tool name", tool=tool)
+    path = directory / f"{tool}.yaml"
+    if not path.is_file():
+        raise PolicyDenied(
+            f"no policy for tool {tool!r} in {directory}",
+            tool=tool,
+            fix="run `sandbox tools` to list the whitelisted tools",
+        )
+    return read_policy(path)
+
+
+# --- authorization (pure) ---------------------------------------------------------------------
+
+
+def _check_args(loaded: LoadedPolicy, request: Request) -> None:
+    error = jsonschema.exceptions.best_match(loaded.args_validator.iter_errors(request.args))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        raise InvalidRequest(
+            f"args do not match the schema of tool {request.tool!r} at {where}: {error.message}",
+            tool=request.tool,
+            path=where,
+        )
+
+
+def _check_inputs(policy: Policy, request: Request) -> None:
+    if len(request.inputs) > policy.inputs.max:
+        raise PolicyDenied(
+            f"{len(request.inputs)} inputs requested; tool {policy.tool!r} allows "
+            f"{policy.inputs.max}",
+            tool=policy.tool,
+            limit="inputs.max",
+        )
+    for name in request.inputs:
+        if not INPUT_NAME_RE.fullmatch(name):
+            raise InvalidRequest(
+                f"input name {name!r} is not valid: use letters, digits, '_', '-', '.'",
+                key=name,
+            )
+
+
+def _check_output(policy: Policy, request: Request) -> None:
+    if policy.output.required and request.output_dir is None:
+        raise InvalidRequest(
+            f"tool {policy.tool!r} requires an output directory",
+            fix="pass --output DIR (or output_dir in the request)",
+        )
+
+
+def _check_timeout(policy: Policy, request: Request) -> None:
+    if request.timeout_s is not None and request.timeout_s > policy.limits.timeout_s:
+        raise PolicyDenied(
+            f"timeout {request.timeout_s:g}s is above the policy's {policy.limits.timeout_s:g}s",
+            tool=policy.tool,
+            limit="timeout_s",
+        )
+
+
+def authorize(loaded: LoadedPolicy, request: Request) -> None:
+    """Raise InvalidRequest or PolicyDenied unless the policy allows the request."""
+    policy = loaded.policy
+    _check_output(policy, request)
+    _check_timeout(policy, request)
+    _check_inputs(policy, request)
+    _check_args(loaded, request)
+
+
+def effective_timeout(policy: Policy, request: Request) -> float:
+    """The run's deadline in seconds: the request may only lower the policy's."""
+    if request.timeout_s is None:
+        return policy.limits.timeout_s
+    return min(request.timeout_s, policy.limits.timeout_s)

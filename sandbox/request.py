@@ -1,0 +1,65 @@
+"""The run request (contract section 1): the pydantic model and its strict JSON parsing."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidRequest
+
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+INPUT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class Request(BaseModel):
+    """One run, as a caller asks for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    tool: str = Field(min_length=1, max_length=128)
+    """The whitelisted tool to run."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Arguments for the script, checked against the policy's ``args_schema``."""
+    inputs: dict[str, str] = Field(default_factory=dict)
+    """Input name -> host path, mounted read-only at ``/inputs/NAME``."""
+    output_dir: str | None = None
+    """Host directory for outputs; must not exist yet or be empty."""
+    timeout_s: float | int | None = Field(default=None, gt=0)
+    """Lowers the policy's deadline; never raises it."""
+
+
+def _reject_constant(name: str) -> Any:
+    msg = f"{name} is not valid JSON"
+    raise ValueError(msg)
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` without NaN/Infinity, which strict JSON does not have."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def parse_request(text: str | bytes) -> Request:
+    """Parse one request JSON object; every problem is an InvalidRequest naming the key."""
+    if len(text) > MAX_REQUEST_BYTES:
+        raise InvalidRequest(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        data = loads_strict(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"request is not valid JSON: {exc}") from exc
+    return request_from_data(data)
+
+
+def request_from_data(data: Any) -> Request:
+    """Validate an already decoded request object."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("request must be a JSON object")
+    try:
+        return Request.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(request)"
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise InvalidRequest(f"invalid request: {key}: {message}", key=key) from exc

@@ -1,0 +1,298 @@
+"""Inputs and outputs on the host: input paths resolved and checked against the allowed roots,
+a fresh staging directory per run, and the publish step that lists, hashes and copies what the
+script left into ``output_dir`` atomically, refusing anything that is not a regular file or
+directory. Nothing here follows a link the script made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InfrastructureError, InvalidRequest, PolicyDenied, ResourceLimit
+
+STAGING_DIRNAME = ".sandbox-staging"
+FAILED_DIRNAME = ".sandbox-failed"
+MAX_OUTPUT_ENTRIES = 100_000
+MAX_DEPTH = 64
+_COPY_CHUNK = 1024 * 1024
+# A read-only bind mount does not stop connect() on a unix socket inside it.
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+def _mount_points() -> list[str]:
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return []
+    points = []
+    for line in text.splitlines():
+        parts = line.split(" ")
+        if len(parts) > 4:
+            points.append(parts[4].encode().decode("unicode_escape"))
+    return points
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def resolve_input(name: str, raw: str, roots: tuple[Path, ...]) -> str:
+    """The real path of one input, if it lies inside an allowed root and may be mounted."""
+    if "\x00" in raw or not raw:
+        raise InvalidRequest(f"input {name!r}: path is empty or contains NUL", key=name)
+    real = os.path.realpath(raw)
+    if not any(_inside(real, str(root)) for root in roots):
+        allowed = ", ".join(str(r) for r in roots) or "none"
+        raise PolicyDenied(
+            f"input {name!r}: {raw} is outside the allowed roots ({allowed})",
+            key=name,
+            path=raw,
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        raise InvalidRequest(f"input {name!r}: {raw}: {exc.strerror}", key=name) from exc
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise PolicyDenied(f"input {name!r}: {raw} is not a regular file or directory", key=name)
+    if stat.S_ISDIR(mode):
+        _refuse_unsafe_contents(name, real)
+    return real
+
+
+def _refuse_unsafe_contents(name: str, real: str) -> None:
+    for point in _mount_points():
+        if point != real and _inside(point, real):
+            raise PolicyDenied(
+                f"input {name!r}: {real} contains the mount point {point}, which the engine "
+                "cannot make read-only; pass the directories beside it instead",
+                key=name,
+                path=point,
+            )
+    for sock in DOCKER_SOCKETS:
+        if _inside(os.path.realpath(sock), real) and os.path.exists(sock):
+            raise PolicyDenied(f"input {name!r}: {real} contains the Docker socket", key=name)
+
+
+def resolve_inputs(inputs: dict[str, str], roots: tuple[Path, ...]) -> dict[str, str]:
+    return {name: resolve_input(name, raw, roots) for name, raw in inputs.items()}
+
+
+# --- output staging ---------------------------------------------------------------------------
+
+
+@dataclass
+class OutputStaging:
+    """One run's writable directory and where its contents go."""
+
+    output_dir: Path
+    staging: Path
+    run_id: str
+
+    @property
+    def _root(self) -> Path:
+        return self.output_dir.parent / STAGING_DIRNAME
+
+
+def check_output_dir(raw: str) -> Path:
+    """The output directory as an absolute path; it must not exist yet or be an empty dir."""
+    if "\x00" in raw or not raw:
+        raise InvalidRequest("output_dir is empty or contains NUL", key="output_dir")
+    path = Path(os.path.abspath(raw))
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise InvalidRequest(
+            f"output_dir {raw} exists and is not a directory; nothing is ever overwritten",
+            key="output_dir",
+        )
+    if path.is_dir() and any(path.iterdir()):
+        raise InvalidRequest(
+            f"output_dir {raw} is not empty; nothing is ever overwritten",
+            key="output_dir",
+            fix="pass a new or empty directory",
+        )
+    return path
+
+
+def prepare_output(output_dir: Path, run_id: str) -> OutputStaging:
+    """A fresh staging directory beside output_dir (same filesystem, so publish can rename)."""
+    root = output_dir.parent / STAGING_DIRNAME
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+        staging = root / run_id
+        staging.mkdir(mode=0o700)
+        # The container's non-root user writes here; the 0700 parent keeps other host users out.
+        staging.chmod(0o777)
+    except OSError as exc:
+        raise InfrastructureError(
+            f"cannot create the staging directory beside {output_dir}: {exc.strerror}",
+            path=str(output_dir),
+        ) from exc
+    return OutputStaging(output_dir=output_dir, staging=staging, run_id=run_id)
+
+
+@dataclass(frozen=True)
+class Usage:
+    bytes: int
+    entries: int
+
+
+def measure(root: Path) -> Usage:
+    """Bytes and entries under root, without following links (for the size watchdog)."""
+    total = entries = 0
+    stack = [str(root)]
+    while stack and entries <= MAX_OUTPUT_ENTRIES:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    st = entry.stat(follow_symlinks=False)
+                    total += st.st_blocks * 512 if st.st_blocks else st.st_size
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return Usage(bytes=total, entries=entries)
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    files: list[tuple[str, int]] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
+
+
+_REFUSED_KINDS = (
+    (stat.S_ISLNK, "symbolic link"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def _walk(root: Path, rel: str = "", depth: int = 0) -> Iterator[tuple[str, os.stat_result]]:
+    if depth > MAX_DEPTH:
+        return
+    with os.scandir(root / rel if rel else root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        path = f"{rel}/{entry.name}" if rel else entry.name
+        st = entry.stat(follow_symlinks=False)
+        yield path, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(root, path, depth + 1)
+
+
+def survey(root: Path) -> Manifest:
+    """What the script left: publishable files and dirs, and the refused entries with why."""
+    manifest = Manifest()
+    seen_inodes: dict[int, int] = {}
+    regular: list[tuple[str, os.stat_result]] = []
+    for path, st in _walk(root):
+        if stat.S_ISDIR(st.st_mode):
+            manifest.dirs.append(path)
+        elif stat.S_ISREG(st.st_mode):
+            regular.append((path, st))
+            seen_inodes[st.st_ino] = seen_inodes.get(st.st_ino, 0) + 1
+        else:
+            reason = next(r for check, r in _REFUSED_KINDS if check(st.st_mode))
+            manifest.refused.append({"path": path, "reason": reason})
+    for path, st in regular:
+        if st.st_nlink > seen_inodes[st.st_ino]:
+            manifest.refused.append(
+                {"path": path, "reason": "hard link to a file outside the output directory"}
+            )
+        else:
+            manifest.files.append((path, st.st_size))
+    manifest.refused.sort(key=lambda r: r["path"])
+    return manifest
+
+
+def _copy_hashing(src: Path, dst: Path, executable: bool) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as reader, dst.open("xb") as writer:
+        while chunk := reader.read(_COPY_CHUNK):
+            digest.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+    dst.chmod(0o755 if executable else 0o644)
+    return size, digest.hexdigest()
+
+
+def publish(stage: OutputStaging, max_bytes: int) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+    """Copy the survey's files into output_dir atomically; return (outputs, refused).
+
+    Copies rather than renames so that every published file is a new inode owned by the
+    invoking user, with no setuid bits and no link back into the staging tree.
+    """
+    manifest = survey(stage.staging)
+    total = sum(size for _, size in manifest.files)
+    if total > max_bytes:
+        raise ResourceLimit(
+            f"outputs total {total} bytes, over the policy's {max_bytes}", limit="output.max_mb"
+        )
+    fresh = stage.staging.parent / f"{stage.run_id}.publish"
+    fresh.mkdir(mode=0o755)
+    outputs: list[dict[str, object]] = []
+    for rel in manifest.dirs:
+        (fresh / rel).mkdir(mode=0o755)
+    refused_paths = {r["path"] for r in manifest.refused}
+    for rel, _ in manifest.files:
+        if any(rel.startswith(p + "/") for p in refused_paths):
+            continue
+        src_mode = os.lstat(stage.staging / rel).st_mode
+        size, sha = _copy_hashing(stage.staging / rel, fresh / rel, bool(src_mode & 0o111))
+        outputs.append({"path": rel, "bytes": size, "sha256": sha})
+    fresh.chmod(0o755)
+    if stage.output_dir.is_dir():
+        stage.output_dir.rmdir()  # empty, checked before the run
+    fresh.rename(stage.output_dir)
+    discard(stage)
+    return outputs, manifest.refused
+
+
+def set_aside(stage: OutputStaging) -> Path | None:
+    """Move a failed run's partial outputs to ``.sandbox-failed/RUN_ID``; None if it was empty."""
+    if not stage.staging.exists():
+        return None
+    if not any(stage.staging.iterdir()):
+        discard(stage)
+        return None
+    failed_root = stage.output_dir.parent / FAILED_DIRNAME
+    failed_root.mkdir(mode=0o700, exist_ok=True)
+    target = failed_root / stage.run_id
+    stage.staging.rename(target)
+    target.chmod(0o700)
+    _remove_if_empty(stage.staging.parent)
+    return target
+
+
+def discard(stage: OutputStaging) -> None:
+    """Remove the staging tree (rmtree never follows symlinks)."""
+    if stage.staging.exists():
+        shutil.rmtree(stage.staging)
+    leftover = stage.staging.parent / f"{stage.run_id}.publish"
+    if leftover.exists():
+        shutil.rmtree(leftover)
+    _remove_if_empty(stage.staging.parent)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        return

@@ -1,0 +1,167 @@
+"""Container output -> frames, incrementally and in bounded memory. Pure.
+
+Chunks of (stream, bytes) arrive in any sizes. Lines are split on the newline byte before any
+decoding: 0x0A never occurs inside a multi-byte UTF-8 sequence, so a character split across
+chunks is reassembled whole (this is the incremental decoder), and each complete line is decoded
+once, invalid bytes becoming U+FFFD. A line longer than the frame limit is cut at a character
+boundary, marked, and the rest of it discarded as it streams, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from .frames import Frame, FrameFactory, encode, script_fields
+from .request import loads_strict
+
+StreamName = Literal["stdout", "stderr"]
+TRUNCATION_MARK = " …[line truncated]"
+
+
+@dataclass(frozen=True)
+class Line:
+    data: bytes
+    truncated: bool = False
+
+
+def _cut_utf8(data: bytes, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``data``, not ending inside a UTF-8 sequence."""
+    cut = data[:limit]
+    for back in range(1, min(4, len(cut)) + 1):
+        byte = cut[-back]
+        if byte < 0x80:
+            return cut
+        if byte >= 0xC0:  # lead byte: is its sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return cut if back >= need else cut[:-back]
+    return cut
+
+
+class LineSplitter:
+    """Splits one stream into lines of at most ``max_line`` bytes (newline excluded)."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, chunk: bytes) -> Iterator[Line]:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                break
+            yield from self._complete(chunk[start:end])
+            start = end + 1
+        if start < len(chunk):
+            yield from self._partial(chunk[start:])
+
+    def flush(self) -> Iterator[Line]:
+        """The unterminated last line at end of stream."""
+        if self._buf and not self._discarding:
+            yield Line(bytes(self._buf))
+        self._buf.clear()
+        self._discarding = False
+
+    def _complete(self, piece: bytes) -> Iterator[Line]:
+        if self._discarding:
+            self._discarding = False
+            return
+        if self._buf:
+            self._buf += piece
+            piece = bytes(self._buf)
+            self._buf.clear()
+        if len(piece) > self.max_line:
+            yield Line(_cut_utf8(piece, self.max_line), truncated=True)
+        else:
+            yield Line(piece)
+
+    def _partial(self, piece: bytes) -> Iterator[Line]:
+        if self._discarding:
+            return
+        self._buf += piece
+        if len(self._buf) > self.max_line:
+            yield Line(_cut_utf8(bytes(self._buf), self.max_line), truncated=True)
+            self._buf.clear()
+            self._discarding = True
+
+
+class FrameAssembler:
+    """Turns one run's container output into frames and counts it against the stream cap."""
+
+    def __init__(self, factory: FrameFactory, *, frame_max: int, stream_cap: int) -> None:
+        self.factory = factory
+        self.frame_max = frame_max
+        self.stream_cap = stream_cap
+        self.total_bytes = 0
+        # Room for the envelope and JSON escaping of a log line.
+        line_max = max(1024, frame_max - 512)
+        self._splitters = {"stdout": LineSplitter(line_max), "stderr": LineSplitter(line_max)}
+
+    @property
+    def over_cap(self) -> bool:
+        return self.total_bytes > self.stream_cap
+
+    def feed(self, stream: StreamName, chunk: bytes) -> list[Frame]:
+        """Frames for one chunk; stops producing once the stream cap is passed."""
+        if self.over_cap:
+            return []
+        self.total_bytes += len(chunk)
+        if self.over_cap:
+            chunk = chunk[: len(chunk) - (self.total_bytes - self.stream_cap)]
+        return [self._frame(stream, line) for line in self._splitters[stream].feed(chunk)]
+
+    def flush(self) -> list[Frame]:
+        frames: list[Frame] = []
+        for stream in ("stdout", "stderr"):
+            frames.extend(self._frame(stream, line) for line in self._splitters[stream].flush())
+        return frames
+
+    def _frame(self, stream: StreamName, line: Line) -> Frame:
+        if stream == "stdout" and not line.truncated:
+            frame = self._script_frame(line.data)
+            if frame is not None:
+                return frame
+        text = line.data.decode("utf-8", "replace")
+        return self.fitting_log(stream, text + TRUNCATION_MARK if line.truncated else text)
+
+    def _script_frame(self, data: bytes) -> Frame | None:
+        stripped = data.strip()
+        if not stripped.startswith(b"{"):
+            return None
+        try:
+            obj = loads_strict(stripped)
+        except (ValueError, RecursionError):
+            return None
+        accepted = script_fields(obj)
+        if accepted is None:
+            return None
+        type_, fields = accepted
+        frame = self.factory.make(type_, **fields)
+        try:
+            size = len(encode(frame))
+        except (ValueError, RecursionError):
+            size = self.frame_max + 1
+        if size > self.frame_max:
+            # Same seq, new content: the oversized frame is replaced, never split or dropped.
+            for key in fields:
+                del frame[key]
+            frame["type"] = "error"
+            frame["error"] = {
+                "kind": "ProtocolError",
+                "message": f"a {type_} frame of {size} bytes exceeds the {self.frame_max}-byte "
+                "line limit; large data belongs in files under /output",
+                "traceback": [],
+                "details": {"bytes": size, "limit": self.frame_max},
+            }
+        return frame
+
+    def fitting_log(self, stream: StreamName, text: str) -> Frame:
+        """A log frame, its text shortened until the encoded frame fits the line limit."""
+        frame = self.factory.log(stream, text)
+        while len(encode(frame)) > self.frame_max:
+            text = text[: max(0, len(text) // 2)]
+            frame["line"] = text + TRUNCATION_MARK
+        return frame
