@@ -278,7 +278,8 @@ class Coordinator:
             attachment = self.runtime.attach(container_id)
             attachment.send_stdin(_stdin_line(frames.run_id, request, stage is not None))
             if cancel.is_set():
-                raise Interrupted("interrupted before the container started")
+                msg = "interrupted before the container started"
+                raise Interrupted(msg)
             deadline = self.clock() + spec.timeout_s
             self.runtime.start(container_id)
             yield frames.make("started", container_id=container_id)
@@ -397,7 +398,7 @@ def _exit(frames: FrameFactory, outcome: Outcome, duration: float) -> Frame:
 def should_reap(
     labels: dict[str, str], me: Owner, now: float, alive: Callable[[int, float], bool]
 ) -> bool:
-    """Pure reaping rule: the owner is gone, or (owner on another host) the deadline is long past."""
+    """Pure reaping rule: the owner is gone, or (owner on another host) the deadline is past."""
     try:
         pid = int(labels[LABEL_OWNER_PID])
         start = float(labels[LABEL_OWNER_START])
@@ -421,7 +422,9 @@ def _stdin_line(run_id: str, request: Request, has_output: bool) -> bytes:
     return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
 
 
-def _effective_limits(spec: ContainerSpec, loaded: LoadedPolicy, timeout_s: float) -> dict[str, Any]:
+def _effective_limits(
+    spec: ContainerSpec, loaded: LoadedPolicy, timeout_s: float
+) -> dict[str, Any]:
     limits = loaded.policy.limits
     return {
         "timeout_s": timeout_s,
@@ -453,25 +456,38 @@ def _classify(
     if reason == "interrupted":
         outcome.fail(Interrupted("the run was interrupted; its container was removed"))
     elif reason == "timeout":
-        outcome.fail(Timeout(f"the run passed its {spec.timeout_s:g}s deadline and was killed",
-                             limit="timeout_s"))
+        outcome.fail(
+            Timeout(
+                f"the run passed its {spec.timeout_s:g}s deadline and was killed", limit="timeout_s"
+            )
+        )
     elif reason == "stream":
-        outcome.fail(ResourceLimit(
-            f"the tool wrote more than {limits.stdout_mb} MiB to stdout/stderr",
-            limit="stdout_mb"))
+        outcome.fail(
+            ResourceLimit(
+                f"the tool wrote more than {limits.stdout_mb} MiB to stdout/stderr",
+                limit="stdout_mb",
+            )
+        )
     elif reason == "output":
-        outcome.fail(ResourceLimit(
-            f"the tool wrote more than {loaded.policy.output.max_mb} MiB (or "
-            f"{staging.MAX_OUTPUT_ENTRIES} entries) to the output directory",
-            limit="output.max_mb"))
+        outcome.fail(
+            ResourceLimit(
+                f"the tool wrote more than {loaded.policy.output.max_mb} MiB (or "
+                f"{staging.MAX_OUTPUT_ENTRIES} entries) to the output directory",
+                limit="output.max_mb",
+            )
+        )
     elif state.oom_killed:
-        outcome.fail(ResourceLimit(
-            f"the tool ran out of memory (limit {limits.memory_mb} MiB)", limit="memory_mb"))
+        outcome.fail(
+            ResourceLimit(
+                f"the tool ran out of memory (limit {limits.memory_mb} MiB)", limit="memory_mb"
+            )
+        )
     elif state.exit_code == 137 and past_deadline:
         outcome.fail(Timeout("the run was killed at its in-container deadline"))
     elif state.exit_code != 0:
-        outcome.fail(ToolError(f"the tool exited with status {state.exit_code}",
-                               exit_code=state.exit_code))
+        outcome.fail(
+            ToolError(f"the tool exited with status {state.exit_code}", exit_code=state.exit_code)
+        )
 
 
 def exit_code_for(status: Status) -> int:

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
-from docker.models.containers import _create_container_args
+from docker.models.containers import (  # type: ignore[attr-defined]
+    _create_container_args,  # the SDK's own create() mapping; avoids create()'s extra inspect
+)
 from loguru import logger
 
 from .errors import InfrastructureError, SandboxError
@@ -28,7 +30,9 @@ from .runtime import Attachment, EngineInfo, ExitState, ManagedContainer, Stream
 from .spec import LABEL_MANAGED, LABEL_RUN_ID, ContainerSpec
 
 T = TypeVar("T")
-ENGINE_FIX = "start the engine: `make setup` (runs scripts/engine.sh) or `sudo systemctl start docker`"
+ENGINE_FIX = (
+    "start the engine: `make setup` (runs scripts/engine.sh) or `sudo systemctl start docker`"
+)
 _STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
 _RECV_BYTES = 256 * 1024
 
@@ -50,16 +54,17 @@ def translated(action: str) -> Iterator[None]:
     except SandboxError:
         raise
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        raise InfrastructureError(
-            f"Docker engine unreachable while trying to {action}: {exc}", fix=ENGINE_FIX
-        ) from exc
+        msg = f"Docker engine unreachable while trying to {action}: {exc}"
+        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
     except docker.errors.APIError as exc:
+        msg = f"Docker engine refused to {action}: {exc.explanation or exc}"
         raise InfrastructureError(
-            f"Docker engine refused to {action}: {exc.explanation or exc}",
+            msg,
             status_code=exc.status_code,
         ) from exc
     except docker.errors.DockerException as exc:
-        raise InfrastructureError(f"Docker failed to {action}: {exc}", fix=ENGINE_FIX) from exc
+        msg = f"Docker failed to {action}: {exc}"
+        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
 
 
 class Demuxer:
@@ -124,9 +129,8 @@ class DockerAttachment:
             except OSError as exc:
                 if self._closed:
                     return
-                raise InfrastructureError(
-                    f"lost the container's output stream: {exc}", fix=ENGINE_FIX
-                ) from exc
+                msg = f"lost the container's output stream: {exc}"
+                raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
             if not data:
                 return
             yield from demux.feed(data)
@@ -167,18 +171,20 @@ class DockerRuntime:
         if (name, pinned_id) in self._checked_images:
             return
         try:
-            actual = self._retrying("inspect image", lambda: self.api.inspect_image(name))["Id"]
+            actual = self._retrying("inspect image", lambda: self.api.inspect_image(name))["Id"]  # type: ignore[no-untyped-call]
         except InfrastructureError as exc:
             if exc.details.get("status_code") != 404:
                 raise
+            msg = f"image {name} is not present in the engine"
             raise InfrastructureError(
-                f"image {name} is not present in the engine",
+                msg,
                 fix="build it: `make images` (or `bash scripts/build-image.sh NAME`)",
                 image=name,
             ) from exc
         if actual != pinned_id:
+            msg = f"image {name} is {actual}, but the policy pins {pinned_id}"
             raise InfrastructureError(
-                f"image {name} is {actual}, but the policy pins {pinned_id}",
+                msg,
                 fix="rebuild the image from the pinned sources, or review and run "
                 "`sandbox images lock` to pin the image you built",
                 image=name,
@@ -188,7 +194,7 @@ class DockerRuntime:
         self._checked_images.add((name, pinned_id))
 
     def create(self, spec: ContainerSpec) -> str:
-        kwargs = _create_container_args({**spec.create_kwargs(), "version": self.api._version})
+        kwargs = _create_container_args({**spec.create_kwargs(), "version": self.api.api_version})
         run_id = dict(spec.labels)[LABEL_RUN_ID]
 
         def create_once() -> str:
@@ -229,7 +235,7 @@ class DockerRuntime:
 
     def wait(self, container_id: str, timeout_s: float) -> ExitState:
         with translated("wait for the container"):
-            status = self.api.wait(container_id, timeout=timeout_s)
+            status = self.api.wait(container_id, timeout=int(timeout_s) + 1)
         state = self._retrying(
             "inspect the container", lambda: self.api.inspect_container(container_id)["State"]
         )

@@ -77,8 +77,8 @@ class SandboxError(Exception):
 class InvalidRequest(SandboxError):
     """The request is malformed: bad JSON, an unknown key, args failing the tool's schema."""
 
-    kind = "InvalidRequest"
-    status = "invalid_request"
+    kind: ClassVar[ErrorKind] = "InvalidRequest"
+    status: ClassVar[Status] = "invalid_request"
 
 
 class PolicyFileError(InvalidRequest):
@@ -99,49 +99,49 @@ class PolicyDenied(SandboxError):
     """The policy forbids the request: no policy for the tool, an input outside the allowed
     roots, a limit above the policy's."""
 
-    kind = "PolicyDenied"
-    status = "denied"
+    kind: ClassVar[ErrorKind] = "PolicyDenied"
+    status: ClassVar[Status] = "denied"
 
 
 class ToolError(SandboxError):
     """The tool ran and failed (non-zero exit)."""
 
-    kind = "ToolError"
-    status = "tool_error"
+    kind: ClassVar[ErrorKind] = "ToolError"
+    status: ClassVar[Status] = "tool_error"
 
 
 class ProtocolError(ToolError):
     """The tool broke protocol v1 in a way that fails the run."""
 
-    kind = "ProtocolError"
+    kind: ClassVar[ErrorKind] = "ProtocolError"
 
 
 class Timeout(SandboxError):
     """The run passed its deadline and was killed."""
 
-    kind = "Timeout"
-    status = "timeout"
+    kind: ClassVar[ErrorKind] = "Timeout"
+    status: ClassVar[Status] = "timeout"
 
 
 class ResourceLimit(SandboxError):
     """The run hit a resource limit: memory (OOM), pids, output or stream size."""
 
-    kind = "ResourceLimit"
-    status = "resource_limit"
+    kind: ClassVar[ErrorKind] = "ResourceLimit"
+    status: ClassVar[Status] = "resource_limit"
 
 
 class InfrastructureError(SandboxError):
     """The engine is unreachable or failed, or the image is missing or not the pinned one."""
 
-    kind = "InfrastructureError"
-    status = "infrastructure_error"
+    kind: ClassVar[ErrorKind] = "InfrastructureError"
+    status: ClassVar[Status] = "infrastructure_error"
 
 
 class Interrupted(SandboxError):
     """SIGINT/SIGTERM or a cancel: the container was stopped and removed."""
 
-    kind = "Interrupted"
-    status = "interrupted"
+    kind: ClassVar[ErrorKind] = "Interrupted"
+    status: ClassVar[Status] = "interrupted"
 
 
 ERROR_BY_STATUS: dict[Status, type[SandboxError]] = {

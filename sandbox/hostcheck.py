@@ -56,9 +56,12 @@ def admit(memory_mb: int, host: HostSnapshot, reserve_mb: int = DEFAULT_RESERVE_
     """Refuse a run whose memory limit does not fit what the host has available."""
     fits = host.available_memory_mb - reserve_mb
     if memory_mb > fits:
-        raise InfrastructureError(
+        msg = (
             f"the run's memory limit ({memory_mb} MiB) does not fit the host's available "
-            f"memory ({host.available_memory_mb} MiB less a {reserve_mb} MiB reserve)",
+            f"memory ({host.available_memory_mb} MiB less a {reserve_mb} MiB reserve)"
+        )
+        raise InfrastructureError(
+            msg,
             fix="wait for other runs to finish, or lower limits.memory_mb in the policy",
             limit="memory_mb",
         )

@@ -29,7 +29,10 @@ NON_TOOL_FILES = frozenset({"baseline.yaml"})
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # Attribute docstrings become schema descriptions, so editors show them (policy schema).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
 
 
 class ImageRef(_Strict):
@@ -188,7 +191,7 @@ class _PolicyLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases are not allowed in policies", event.start_mark
             )
@@ -226,11 +229,13 @@ def _line_of(node: Any, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
     return line, ".".join(str(p) for p in loc)
 
 
-def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
-    """Parse and validate one policy file's bytes. Raises PolicyFileError naming line and key."""
+def load_yaml(text: bytes, path: Path) -> tuple[Any, Any]:
+    """Strictly parse YAML bytes (no aliases, no duplicate keys, size-capped): the data and its
+    node tree (``start_mark`` gives lines). Raises PolicyFileError naming the line."""
     where = str(path)
     if len(text) > MAX_POLICY_BYTES:
-        raise PolicyFileError(f"file is larger than {MAX_POLICY_BYTES} bytes", path=where)
+        msg = f"file is larger than {MAX_POLICY_BYTES} bytes"
+        raise PolicyFileError(msg, path=where)
     loader = _PolicyLoader(text.decode("utf-8", errors="strict"))
     try:
         node = loader.get_single_node()
@@ -243,8 +248,16 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
         raise PolicyFileError(str(exc), path=where) from exc
     finally:
         loader.dispose()
+    return data, node
+
+
+def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
+    """Parse and validate one policy file's bytes. Raises PolicyFileError naming line and key."""
+    where = str(path)
+    data, node = load_yaml(text, path)
     if not isinstance(data, dict):
-        raise PolicyFileError("a policy must be a YAML mapping", path=where, line=1)
+        msg = "a policy must be a YAML mapping"
+        raise PolicyFileError(msg, path=where, line=1)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
@@ -254,8 +267,9 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
         raise PolicyFileError(message, path=where, line=line, key=key or None) from exc
     if path.stem != policy.tool:
         line, _ = _line_of(node, ("tool",))
+        msg = f"tool {policy.tool!r} does not match the file name {path.name!r}"
         raise PolicyFileError(
-            f"tool {policy.tool!r} does not match the file name {path.name!r}",
+            msg,
             path=where,
             line=line,
             key="tool",
@@ -272,17 +286,20 @@ def read_policy(path: Path) -> LoadedPolicy:
         with path.open("rb") as handle:
             text = handle.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
-        raise PolicyFileError(f"cannot read: {exc.strerror}", path=str(path)) from exc
+        msg = f"cannot read: {exc.strerror}"
+        raise PolicyFileError(msg, path=str(path)) from exc
     try:
         return parse_policy(text, path)
     except UnicodeDecodeError as exc:
-        raise PolicyFileError("not UTF-8 text", path=str(path)) from exc
+        msg = "not UTF-8 text"
+        raise PolicyFileError(msg, path=str(path)) from exc
 
 
 def policy_files(directory: Path) -> list[Path]:
     """The tool policy files of a directory, sorted."""
     if not directory.is_dir():
-        raise PolicyFileError("policy directory not found", path=str(directory))
+        msg = "policy directory not found"
+        raise PolicyFileError(msg, path=str(directory))
     return sorted(p for p in directory.glob("*.yaml") if p.name not in NON_TOOL_FILES)
 
 
@@ -294,11 +311,13 @@ def load_policy_dir(directory: Path) -> dict[str, LoadedPolicy]:
 def find_policy(directory: Path, tool: str) -> LoadedPolicy:
     """The policy for one tool, reading only its file; PolicyDenied when there is none."""
     if not TOOL_NAME_RE.fullmatch(tool):
-        raise PolicyDenied(f"no policy for tool {tool!r}: not a valid tool name", tool=tool)
+        msg = f"no policy for tool {tool!r}: not a valid tool name"
+        raise PolicyDenied(msg, tool=tool)
     path = directory / f"{tool}.yaml"
     if not path.is_file():
+        msg = f"no policy for tool {tool!r} in {directory}"
         raise PolicyDenied(
-            f"no policy for tool {tool!r} in {directory}",
+            msg,
             tool=tool,
             fix="run `sandbox tools` to list the whitelisted tools",
         )
@@ -312,8 +331,9 @@ def _check_args(loaded: LoadedPolicy, request: Request) -> None:
     error = jsonschema.exceptions.best_match(loaded.args_validator.iter_errors(request.args))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        msg = f"args do not match the schema of tool {request.tool!r} at {where}: {error.message}"
         raise InvalidRequest(
-            f"args do not match the schema of tool {request.tool!r} at {where}: {error.message}",
+            msg,
             tool=request.tool,
             path=where,
         )
@@ -321,32 +341,38 @@ def _check_args(loaded: LoadedPolicy, request: Request) -> None:
 
 def _check_inputs(policy: Policy, request: Request) -> None:
     if len(request.inputs) > policy.inputs.max:
-        raise PolicyDenied(
+        msg = (
             f"{len(request.inputs)} inputs requested; tool {policy.tool!r} allows "
-            f"{policy.inputs.max}",
+            f"{policy.inputs.max}"
+        )
+        raise PolicyDenied(
+            msg,
             tool=policy.tool,
             limit="inputs.max",
         )
     for name in request.inputs:
         if not INPUT_NAME_RE.fullmatch(name):
+            msg = f"input name {name!r} is not valid: use letters, digits, '_', '-', '.'"
             raise InvalidRequest(
-                f"input name {name!r} is not valid: use letters, digits, '_', '-', '.'",
+                msg,
                 key=name,
             )
 
 
 def _check_output(policy: Policy, request: Request) -> None:
     if policy.output.required and request.output_dir is None:
+        msg = f"tool {policy.tool!r} requires an output directory"
         raise InvalidRequest(
-            f"tool {policy.tool!r} requires an output directory",
+            msg,
             fix="pass --output DIR (or output_dir in the request)",
         )
 
 
 def _check_timeout(policy: Policy, request: Request) -> None:
     if request.timeout_s is not None and request.timeout_s > policy.limits.timeout_s:
+        msg = f"timeout {request.timeout_s:g}s is above the policy's {policy.limits.timeout_s:g}s"
         raise PolicyDenied(
-            f"timeout {request.timeout_s:g}s is above the policy's {policy.limits.timeout_s:g}s",
+            msg,
             tool=policy.tool,
             limit="timeout_s",
         )

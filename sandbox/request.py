@@ -44,22 +44,26 @@ def loads_strict(text: str | bytes) -> Any:
 def parse_request(text: str | bytes) -> Request:
     """Parse one request JSON object; every problem is an InvalidRequest naming the key."""
     if len(text) > MAX_REQUEST_BYTES:
-        raise InvalidRequest(f"request is larger than {MAX_REQUEST_BYTES} bytes")
+        msg = f"request is larger than {MAX_REQUEST_BYTES} bytes"
+        raise InvalidRequest(msg)
     try:
         data = loads_strict(text)
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"request is not valid JSON: {exc}") from exc
+        msg = f"request is not valid JSON: {exc}"
+        raise InvalidRequest(msg) from exc
     return request_from_data(data)
 
 
 def request_from_data(data: Any) -> Request:
     """Validate an already decoded request object."""
     if not isinstance(data, dict):
-        raise InvalidRequest("request must be a JSON object")
+        msg = "request must be a JSON object"
+        raise InvalidRequest(msg)
     try:
         return Request.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"]) or "(request)"
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise InvalidRequest(f"invalid request: {key}: {message}", key=key) from exc
+        msg = f"invalid request: {key}: {message}"
+        raise InvalidRequest(msg, key=key) from exc

@@ -91,8 +91,10 @@ class ContainerSpec:
             "network_mode": self.network,
             "network_disabled": self.network == "none",
             "read_only": True,
-            "tmpfs": {"/tmp":  # noqa: S108 - the container's own /tmp, a private tmpfs
-                f"rw,noexec,nosuid,nodev,size={self.tmpfs_bytes},mode=1777"},
+            "tmpfs": {
+                "/tmp":  # noqa: S108 - the container's own /tmp, a private tmpfs
+                f"rw,noexec,nosuid,nodev,size={self.tmpfs_bytes},mode=1777"
+            },
             "mounts": [
                 {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
                 for m in self.mounts

@@ -48,21 +48,25 @@ def _inside(path: str, root: str) -> bool:
 def resolve_input(name: str, raw: str, roots: tuple[Path, ...]) -> str:
     """The real path of one input, if it lies inside an allowed root and may be mounted."""
     if "\x00" in raw or not raw:
-        raise InvalidRequest(f"input {name!r}: path is empty or contains NUL", key=name)
+        msg = f"input {name!r}: path is empty or contains NUL"
+        raise InvalidRequest(msg, key=name)
     real = os.path.realpath(raw)
     if not any(_inside(real, str(root)) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none"
+        msg = f"input {name!r}: {raw} is outside the allowed roots ({allowed})"
         raise PolicyDenied(
-            f"input {name!r}: {raw} is outside the allowed roots ({allowed})",
+            msg,
             key=name,
             path=raw,
         )
     try:
-        mode = os.stat(real).st_mode
+        mode = Path(real).stat().st_mode
     except OSError as exc:
-        raise InvalidRequest(f"input {name!r}: {raw}: {exc.strerror}", key=name) from exc
+        msg = f"input {name!r}: {raw}: {exc.strerror}"
+        raise InvalidRequest(msg, key=name) from exc
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise PolicyDenied(f"input {name!r}: {raw} is not a regular file or directory", key=name)
+        msg = f"input {name!r}: {raw} is not a regular file or directory"
+        raise PolicyDenied(msg, key=name)
     if stat.S_ISDIR(mode):
         _refuse_unsafe_contents(name, real)
     return real
@@ -71,15 +75,19 @@ def resolve_input(name: str, raw: str, roots: tuple[Path, ...]) -> str:
 def _refuse_unsafe_contents(name: str, real: str) -> None:
     for point in _mount_points():
         if point != real and _inside(point, real):
-            raise PolicyDenied(
+            msg = (
                 f"input {name!r}: {real} contains the mount point {point}, which the engine "
-                "cannot make read-only; pass the directories beside it instead",
+                "cannot make read-only; pass the directories beside it instead"
+            )
+            raise PolicyDenied(
+                msg,
                 key=name,
                 path=point,
             )
     for sock in DOCKER_SOCKETS:
-        if _inside(os.path.realpath(sock), real) and os.path.exists(sock):
-            raise PolicyDenied(f"input {name!r}: {real} contains the Docker socket", key=name)
+        if _inside(os.path.realpath(sock), real) and Path(sock).exists():
+            msg = f"input {name!r}: {real} contains the Docker socket"
+            raise PolicyDenied(msg, key=name)
 
 
 def resolve_inputs(inputs: dict[str, str], roots: tuple[Path, ...]) -> dict[str, str]:
@@ -105,16 +113,19 @@ class OutputStaging:
 def check_output_dir(raw: str) -> Path:
     """The output directory as an absolute path; it must not exist yet or be an empty dir."""
     if "\x00" in raw or not raw:
-        raise InvalidRequest("output_dir is empty or contains NUL", key="output_dir")
-    path = Path(os.path.abspath(raw))
+        msg = "output_dir is empty or contains NUL"
+        raise InvalidRequest(msg, key="output_dir")
+    path = Path(raw).absolute()
     if path.is_symlink() or (path.exists() and not path.is_dir()):
+        msg = f"output_dir {raw} exists and is not a directory; nothing is ever overwritten"
         raise InvalidRequest(
-            f"output_dir {raw} exists and is not a directory; nothing is ever overwritten",
+            msg,
             key="output_dir",
         )
     if path.is_dir() and any(path.iterdir()):
+        msg = f"output_dir {raw} is not empty; nothing is ever overwritten"
         raise InvalidRequest(
-            f"output_dir {raw} is not empty; nothing is ever overwritten",
+            msg,
             key="output_dir",
             fix="pass a new or empty directory",
         )
@@ -132,8 +143,9 @@ def prepare_output(output_dir: Path, run_id: str) -> OutputStaging:
         # The container's non-root user writes here; the 0700 parent keeps other host users out.
         staging.chmod(0o777)
     except OSError as exc:
+        msg = f"cannot create the staging directory beside {output_dir}: {exc.strerror}"
         raise InfrastructureError(
-            f"cannot create the staging directory beside {output_dir}: {exc.strerror}",
+            msg,
             path=str(output_dir),
         ) from exc
     return OutputStaging(output_dir=output_dir, staging=staging, run_id=run_id)
@@ -233,7 +245,9 @@ def _copy_hashing(src: Path, dst: Path, executable: bool) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def publish(stage: OutputStaging, max_bytes: int) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+def publish(
+    stage: OutputStaging, max_bytes: int
+) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
     """Copy the survey's files into output_dir atomically; return (outputs, refused).
 
     Copies rather than renames so that every published file is a new inode owned by the
@@ -242,9 +256,8 @@ def publish(stage: OutputStaging, max_bytes: int) -> tuple[list[dict[str, object
     manifest = survey(stage.staging)
     total = sum(size for _, size in manifest.files)
     if total > max_bytes:
-        raise ResourceLimit(
-            f"outputs total {total} bytes, over the policy's {max_bytes}", limit="output.max_mb"
-        )
+        msg = f"outputs total {total} bytes, over the policy's {max_bytes}"
+        raise ResourceLimit(msg, limit="output.max_mb")
     fresh = stage.staging.parent / f"{stage.run_id}.publish"
     fresh.mkdir(mode=0o755)
     outputs: list[dict[str, object]] = []

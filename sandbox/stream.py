@@ -124,6 +124,16 @@ class FrameAssembler:
             frame = self._script_frame(line.data)
             if frame is not None:
                 return frame
+        if stream == "stdout" and line.truncated and line.data.lstrip().startswith(b"{"):
+            return self.factory.error(
+                "ProtocolError",
+                f"a stdout line longer than {self.frame_max} bytes was cut and dropped; large "
+                "data belongs in files under /output",
+                details={
+                    "limit": self.frame_max,
+                    "head": line.data[:200].decode("utf-8", "replace"),
+                },
+            )
         text = line.data.decode("utf-8", "replace")
         return self.fitting_log(stream, text + TRUNCATION_MARK if line.truncated else text)
 

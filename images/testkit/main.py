@@ -23,7 +23,7 @@ RAW_CASES = {"flood", "giant_line", "invalid_utf8", "forge_exit", "raw_prints"}
 def raw_write(data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(1, view):]
+        view = view[os.write(1, view) :]
 
 
 def case_echo(ctx: Context) -> Any:
@@ -58,7 +58,8 @@ def case_raise(ctx: Context) -> Any:
 
 
 def case_tool_error(ctx: Context) -> Any:
-    raise ToolError("bad input", {"row": 3})
+    msg = "bad input"
+    raise ToolError(msg, {"row": 3})
 
 
 def case_exit(ctx: Context) -> Any:
@@ -151,11 +152,12 @@ def case_write_outputs(ctx: Context) -> Any:
     (out / "data" / "a.csv").write_text("x,y\n1,2\n")
     (out / "report.txt").write_text("hello\n")
     if ctx.args.get("hostile", True):
-        os.symlink("/etc/passwd", out / "passwd-link")
+        (out / "passwd-link").symlink_to("/etc/passwd")
         os.mkfifo(out / "pipe")
         os.link(out / "report.txt", out / "report-hardlink.txt")
     if ctx.args.get("fail"):
-        raise ToolError("failed after writing")
+        msg = "failed after writing"
+        raise ToolError(msg)
     return {"written": True}
 
 
@@ -189,8 +191,11 @@ def case_network(ctx: Context) -> Any:
 
 def case_whoami(ctx: Context) -> Any:
     status = Path("/proc/self/status").read_text()
-    caps = {line.split(":")[0]: line.split(":")[1].strip() for line in status.splitlines()
-            if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))}
+    caps = {
+        line.split(":")[0]: line.split(":")[1].strip()
+        for line in status.splitlines()
+        if line.startswith(("Cap", "NoNewPrivs", "Seccomp"))
+    }
     writable = {}
     for path in ("/", "/etc", "/opt", "/tmp", "/output"):
         try:
@@ -215,7 +220,8 @@ def main(ctx: Context) -> Any:
     case = ctx.args.get("case", "echo")
     handler = globals().get(f"case_{case}")
     if handler is None:
-        raise ToolError(f"unknown case {case!r}")
+        msg = f"unknown case {case!r}"
+        raise ToolError(msg)
     return handler(ctx)
 
 

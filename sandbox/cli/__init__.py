@@ -34,7 +34,8 @@ class UsageError(InvalidRequest):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        msg = f"{self.prog}: {message}"
+        raise UsageError(msg)
 
 
 def configure_logging(fmt: str, level: str = "INFO") -> None:
@@ -56,12 +57,15 @@ def policy_dir(args: argparse.Namespace) -> Path:
 def _request_from_args(args: argparse.Namespace) -> Request:
     if args.request is not None:
         if args.request != "-":
-            raise UsageError("--request takes '-' (the request is read from stdin)")
+            msg = "--request takes '-' (the request is read from stdin)"
+            raise UsageError(msg)
         if args.tool or args.args or args.args_file or args.input or args.output or args.timeout:
-            raise UsageError("--request - cannot be combined with TOOL or other run options")
+            msg = "--request - cannot be combined with TOOL or other run options"
+            raise UsageError(msg)
         return parse_request(sys.stdin.buffer.read())
     if not args.tool:
-        raise UsageError("run needs TOOL (or --request -)")
+        msg = "run needs TOOL (or --request -)"
+        raise UsageError(msg)
     return request_from_data(
         {
             "tool": args.tool,
@@ -75,12 +79,14 @@ def _request_from_args(args: argparse.Namespace) -> Request:
 
 def _args_value(args: argparse.Namespace) -> Any:
     if args.args is not None and args.args_file is not None:
-        raise UsageError("use --args or --args-file, not both")
+        msg = "use --args or --args-file, not both"
+        raise UsageError(msg)
     if args.args_file is not None:
         try:
             text = Path(args.args_file).read_bytes()
         except OSError as exc:
-            raise InvalidRequest(f"--args-file {args.args_file}: {exc.strerror}") from exc
+            msg = f"--args-file {args.args_file}: {exc.strerror}"
+            raise InvalidRequest(msg) from exc
     elif args.args is not None:
         text = args.args.encode()
     else:
@@ -88,7 +94,8 @@ def _args_value(args: argparse.Namespace) -> Any:
     try:
         return loads_strict(text)
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"--args is not valid JSON: {exc}") from exc
+        msg = f"--args is not valid JSON: {exc}"
+        raise InvalidRequest(msg) from exc
 
 
 def _inputs_value(pairs: Iterable[str]) -> dict[str, str]:
@@ -96,9 +103,11 @@ def _inputs_value(pairs: Iterable[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
-            raise UsageError(f"--input {pair!r}: expected NAME=PATH")
+            msg = f"--input {pair!r}: expected NAME=PATH"
+            raise UsageError(msg)
         if name in inputs:
-            raise UsageError(f"--input {name!r} given twice")
+            msg = f"--input {name!r} given twice"
+            raise UsageError(msg)
         inputs[name] = path
     return inputs
 
@@ -136,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(request, SandboxError):
         _reap_quietly(coordinator)
     last = write_frames(coordinator.run(request, cancel=cancel), sys.stdout.buffer)
-    return EXIT_CODES.get(last.get("status", "infrastructure_error"), 6)  # type: ignore[call-overload]
+    return EXIT_CODES.get(last.get("status", "infrastructure_error"), 6)
 
 
 def _reap_quietly(coordinator: Any) -> None:
@@ -199,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run whitelisted data-tool scripts in hardened, short-lived Docker containers.",
     )
     parser.add_argument("--version", action="version", version=f"sandbox {__version__}")
-    parser.add_argument("--policies", metavar="DIR", help="policy directory (default $SANDBOX_POLICY_DIR or ./policies)")
+    parser.add_argument(
+        "--policies",
+        metavar="DIR",
+        help="policy directory (default $SANDBOX_POLICY_DIR or ./policies)",
+    )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default=os.environ.get("SANDBOX_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -1,0 +1,188 @@
+"""Policy sets to review, read from a directory or from a git revision (``git:REF[:PATH]``).
+
+The only module of the package that reads files or runs git; the rest works on the bytes.
+git runs with fixed argv lists (no shell) and the ref is checked before it reaches git.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InfrastructureError, PolicyFileError
+from ..policy import MAX_POLICY_BYTES, LoadedPolicy, parse_policy, policy_files
+from .baseline import BASELINE_FILE, BUILTIN_BASELINE, Baseline, parse_baseline
+
+GIT_PREFIX = "git:"
+GIT_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class PolicySource:
+    """One file's bytes and the path it is known by (shown in findings; relative input roots
+    resolve from its directory)."""
+
+    path: Path
+    text: bytes
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """The tool policies of one directory or revision, and its baseline file if it has one."""
+
+    label: str
+    policies: tuple[PolicySource, ...]
+    baseline: PolicySource | None
+
+
+@dataclass(frozen=True)
+class GitLocation:
+    """``git:REF[:PATH]``: the policy directory PATH as committed at REF."""
+
+    ref: str
+    path: str
+
+
+# --- parsing sources --------------------------------------------------------------------------
+
+
+def load(source: PolicySource) -> LoadedPolicy:
+    """Parse one policy source; PolicyFileError (naming file, line and key) when it is bad."""
+    try:
+        return parse_policy(source.text, source.path)
+    except UnicodeDecodeError as exc:
+        raise PolicyFileError("not UTF-8 text", path=str(source.path)) from exc
+
+
+def load_baseline(source: PolicySource | None) -> Baseline:
+    """The set's baseline, or the built-in one when the set has none."""
+    if source is None:
+        return BUILTIN_BASELINE
+    try:
+        return parse_baseline(source.text, source.path)
+    except UnicodeDecodeError as exc:
+        raise PolicyFileError("not UTF-8 text", path=str(source.path)) from exc
+
+
+def load_all(policy_set: PolicySet) -> dict[str, LoadedPolicy]:
+    """Every policy of the set by tool name; the first bad file raises PolicyFileError."""
+    return {lp.policy.tool: lp for lp in map(load, policy_set.policies)}
+
+
+# --- directories ------------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            # One byte over the cap, so the parser can say the file is too large.
+            return handle.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyFileError(f"cannot read: {exc.strerror}", path=str(path)) from exc
+
+
+def read_dir(directory: Path) -> PolicySet:
+    """The policy files of a directory (PolicyFileError when it does not exist)."""
+    policies = tuple(PolicySource(path, _read_bytes(path)) for path in policy_files(directory))
+    baseline_path = directory / BASELINE_FILE
+    baseline = (
+        PolicySource(baseline_path, _read_bytes(baseline_path)) if baseline_path.is_file() else None
+    )
+    return PolicySet(label=str(directory), policies=policies, baseline=baseline)
+
+
+# --- git revisions ----------------------------------------------------------------------------
+
+
+def parse_location(text: str, default_path: Path) -> Path | GitLocation:
+    """A directory, or ``git:REF`` (the default policy path at REF) or ``git:REF:PATH``."""
+    if not text.startswith(GIT_PREFIX):
+        return Path(text)
+    ref, _, path = text[len(GIT_PREFIX) :].partition(":")
+    # A ref starting with '-' would reach git as an option.
+    if not ref or ref.startswith("-"):
+        msg = f"{text!r}: expected git:REF or git:REF:PATH"
+        raise PolicyFileError(msg, path=text)
+    return GitLocation(ref=ref, path=path or str(default_path))
+
+
+def read_location(text: str, default_path: Path, cwd: Path) -> PolicySet:
+    """The policy set a command-line location names (directory or git revision)."""
+    location = parse_location(text, default_path)
+    if isinstance(location, Path):
+        return read_dir(location)
+    return read_git(location, cwd)
+
+
+def _git(args: list[str], cwd: Path, label: str) -> bytes:
+    git = shutil.which("git")
+    if git is None:
+        msg = "git is not installed"
+        raise InfrastructureError(msg, fix="install git, or compare two directories")
+    proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the ref was checked
+        [git, "-C", str(cwd), *args],
+        capture_output=True,
+        check=False,
+        timeout=GIT_TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}"
+        msg = f"git {args[0]} failed: {detail}"
+        raise PolicyFileError(msg, path=label)
+    return proc.stdout
+
+
+def _repo_relative(path: str, cwd: Path, toplevel: Path) -> str:
+    """PATH (relative to the working directory, or absolute) as a path inside the repo."""
+    absolute = (cwd / path).resolve()
+    try:
+        relative = absolute.relative_to(toplevel.resolve())
+    except ValueError:
+        msg = f"{path} is outside the git repository at {toplevel}"
+        raise PolicyFileError(msg, path=path) from None
+    return relative.as_posix()
+
+
+def _resolve_commit(ref: str, cwd: Path, label: str) -> str:
+    try:
+        out = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd, label)
+        return out.decode().strip()
+    except PolicyFileError:
+        msg = f"unknown git revision {ref!r}"
+        raise PolicyFileError(msg, path=label) from None
+
+
+def read_git(location: GitLocation, cwd: Path) -> PolicySet:
+    """The policy files of a directory as committed at a git revision."""
+    label = f"{GIT_PREFIX}{location.ref}:{location.path}"
+    toplevel = Path(_git(["rev-parse", "--show-toplevel"], cwd, label).decode().strip())
+    commit = _resolve_commit(location.ref, cwd, label)
+    relative = _repo_relative(location.path, cwd, toplevel)
+    prefix = "" if relative == "." else f"{relative}/"
+    listing = _git(["ls-tree", "-z", commit, "--", prefix or "."], toplevel, label)
+    policies: list[PolicySource] = []
+    baseline: PolicySource | None = None
+    for name, blob in _yaml_blobs(listing):
+        path = Path(f"{GIT_PREFIX}{location.ref}:{prefix}{name}")
+        source = PolicySource(path, _git(["cat-file", "blob", blob], toplevel, label))
+        if name == BASELINE_FILE:
+            baseline = source
+        else:
+            policies.append(source)
+    return PolicySet(label=label, policies=tuple(policies), baseline=baseline)
+
+
+def _yaml_blobs(listing: bytes) -> list[tuple[str, str]]:
+    """(file name, blob id) of the regular ``*.yaml`` files in ``git ls-tree -z`` output."""
+    blobs = []
+    for entry in listing.decode().split("\0"):
+        meta, _, path = entry.partition("\t")
+        parts = meta.split()
+        # Symlinks (120000) and sub-trees are not policies, as in a directory.
+        if len(parts) == 3 and parts[1] == "blob" and parts[0] in {"100644", "100755"}:
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(".yaml"):
+                blobs.append((name, parts[2]))
+    return sorted(blobs)

@@ -1,0 +1,268 @@
+"""The coordinator over the fake runtime: every ending produces the right frames and status,
+and the container is always removed before the exit frame."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests.exceptions
+
+from sandbox.coordinator import Coordinator, should_reap
+from sandbox.errors import InfrastructureError, InvalidRequest
+from sandbox.fake_runtime import FakeContainer, FakeRuntime
+from sandbox.frames import decode
+from sandbox.request import Request
+from sandbox.spec import Owner
+
+from .conftest import FakeClock
+
+Run = Callable[..., list[dict[str, Any]]]
+
+
+def types(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+def test_happy_path_frames_in_order_with_consecutive_seq(run: Run, runtime: FakeRuntime) -> None:
+    script = FakeContainer(
+        output=[
+            ("stdout", b'{"type":"progress","message":"go","fraction":0.5}\n'),
+            ("stdout", b'{"type":"result","payload":{"rows":3}}\n'),
+        ]
+    )
+    frames = run(script, args={"case": "x"})
+    assert types(frames) == ["accepted", "started", "progress", "result", "exit"]
+    assert [f["seq"] for f in frames] == list(range(5))
+    assert frames[-1]["status"] == "ok"
+    assert frames[-1]["exit_code"] == 0
+    for frame in frames:
+        decode(json.dumps(frame))  # every frame validates against the protocol models
+
+
+def test_request_reaches_stdin_with_container_paths(
+    run: Run, runtime: FakeRuntime, tmp_path: Path
+) -> None:
+    run(FakeContainer(), args={"case": "x"})
+    sent = json.loads(runtime.stdin["fake-0"])
+    assert sent == {"run_id": "run1", "args": {"case": "x"}, "inputs": {}, "output_dir": None}
+
+
+def test_container_removed_after_every_run(run: Run, runtime: FakeRuntime) -> None:
+    run(FakeContainer(exit_code=3))
+    assert runtime.calls[-1] == ("remove", "fake-0")
+    assert runtime.live == {}
+
+
+def test_nonzero_exit_is_tool_error_with_an_error_frame(run: Run) -> None:
+    frames = run(FakeContainer(exit_code=3))
+    assert frames[-2]["error"]["kind"] == "ToolError"
+    assert frames[-1]["status"] == "tool_error"
+    assert frames[-1]["exit_code"] == 3
+
+
+def test_script_error_frame_is_not_duplicated(run: Run) -> None:
+    line = b'{"type":"error","error":{"kind":"ToolError","message":"bad","traceback":[]}}\n'
+    frames = run(FakeContainer(output=[("stdout", line)], exit_code=1))
+    assert types(frames) == ["accepted", "started", "error", "exit"]
+
+
+def test_script_cannot_claim_another_error_kind(run: Run) -> None:
+    line = (
+        b'{"type":"error","error":{"kind":"Timeout","message":"x","traceback":[],"details":{}}}\n'
+    )
+    frames = run(FakeContainer(output=[("stdout", line)], exit_code=1))
+    assert frames[2]["error"]["kind"] == "ToolError"
+
+
+def test_forged_exit_frame_is_data_and_status_comes_from_the_engine(run: Run) -> None:
+    forged = b'{"type":"exit","status":"ok","exit_code":0}\n'
+    frames = run(FakeContainer(output=[("stdout", forged)], exit_code=2))
+    assert frames[2] == {**frames[2], "type": "log", "stream": "stdout"}
+    assert [f["type"] for f in frames].count("exit") == 1
+    assert frames[-1]["status"] == "tool_error"
+
+
+def test_oom_is_resource_limit(run: Run) -> None:
+    frames = run(FakeContainer(exit_code=137, oom_killed=True))
+    assert frames[-1]["status"] == "resource_limit"
+    assert frames[-1]["oom_killed"] is True
+    assert frames[-2]["error"]["kind"] == "ResourceLimit"
+
+
+def test_timeout_on_a_fake_clock_kills_and_reports_timeout(
+    coordinator: Coordinator, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    runtime.scripts.append(FakeContainer(block_until_killed=True))
+    frames_iter = coordinator.run(Request(tool="echo"), run_id="t")
+    first = [next(frames_iter), next(frames_iter)]
+    assert types(first) == ["accepted", "started"]
+    clock.advance(11)
+    rest = list(frames_iter)
+    assert rest[-1]["status"] == "timeout"
+    assert rest[-2]["error"]["kind"] == "Timeout"
+    assert ("kill", "fake-0") in runtime.calls
+    assert runtime.live == {}
+
+
+def test_request_timeout_lowers_the_deadline(
+    coordinator: Coordinator, runtime: FakeRuntime, clock: FakeClock
+) -> None:
+    runtime.scripts.append(FakeContainer(block_until_killed=True))
+    frames_iter = coordinator.run(Request(tool="echo", timeout_s=2), run_id="t")
+    assert next(frames_iter)["limits"]["timeout_s"] == 2
+    next(frames_iter)
+    clock.advance(2.5)
+    assert list(frames_iter)[-1]["status"] == "timeout"
+
+
+def test_cancel_removes_the_container_and_reports_interrupted(
+    coordinator: Coordinator, runtime: FakeRuntime
+) -> None:
+    runtime.scripts.append(FakeContainer(block_until_killed=True))
+    cancel = threading.Event()
+    frames_iter = coordinator.run(Request(tool="echo"), run_id="c", cancel=cancel)
+    next(frames_iter), next(frames_iter)
+    cancel.set()
+    rest = list(frames_iter)
+    assert rest[-1]["status"] == "interrupted"
+    assert rest[-2]["error"]["kind"] == "Interrupted"
+    assert runtime.live == {}
+
+
+def test_stdout_over_the_cap_is_resource_limit(write_policy: Callable[..., Path], run: Run) -> None:
+    write_policy(limits={"timeout_s": 10, "memory_mb": 128, "stdout_mb": 1, "tmpfs_mb": 16})
+    chunk = (b"x" * 1023 + b"\n") * 512
+    frames = run(FakeContainer(output=[("stderr", chunk)] * 4, block_until_killed=True))
+    assert frames[-1]["status"] == "resource_limit"
+    assert "stdout" in frames[-2]["error"]["message"]
+    logs = [f for f in frames if f["type"] == "log"]
+    assert 1000 <= len(logs) <= 1024
+
+
+def test_engine_error_mid_stream_still_removes_the_container(
+    run: Run, runtime: FakeRuntime
+) -> None:
+    frames = run(FakeContainer(output=[("stdout", b"partial\n")], fail_mid_stream=True))
+    assert frames[-1]["status"] == "infrastructure_error"
+    assert ("remove", "fake-0") in runtime.calls
+
+
+def test_image_not_the_pinned_one_is_infrastructure_error_naming_both_ids(
+    run: Run, runtime: FakeRuntime
+) -> None:
+    runtime.image_ids["sandbox/testkit"] = "sha256:" + "cd" * 32
+    frames = run()
+    assert types(frames) == ["error", "exit"]
+    assert frames[-1]["status"] == "infrastructure_error"
+    message = frames[0]["error"]["message"]
+    assert "cd" * 32 in message
+    assert "ab" * 32 in message
+    assert not runtime.was_called("create")
+
+
+def test_invalid_args_never_reach_the_engine(run: Run, runtime: FakeRuntime) -> None:
+    frames = run(args={"case": "x", "extra": 1})
+    assert frames[-1]["status"] == "invalid_request"
+    assert frames[0]["error"]["kind"] == "InvalidRequest"
+    assert not runtime.was_called("create")
+
+
+def test_unknown_tool_is_denied(run: Run, runtime: FakeRuntime) -> None:
+    frames = run(tool="nope")
+    assert frames[-1]["status"] == "denied"
+    assert not runtime.was_called("create")
+
+
+def test_timeout_above_the_policy_is_denied(run: Run) -> None:
+    assert run(timeout_s=99)[-1]["status"] == "denied"
+
+
+def test_a_parse_error_passed_as_request_still_ends_with_one_exit(coordinator: Coordinator) -> None:
+    frames = list(coordinator.run(InvalidRequest("bad json")))
+    assert types(frames) == ["error", "exit"]
+    assert frames[-1]["status"] == "invalid_request"
+
+
+def test_transient_create_error_is_reported_once_retries_are_the_runtimes_job(
+    run: Run, runtime: FakeRuntime
+) -> None:
+    runtime.fail["create"] = [InfrastructureError("engine unreachable")]
+    frames = run()
+    assert frames[-1]["status"] == "infrastructure_error"
+    assert not runtime.was_called("start")
+
+
+def test_utf8_character_split_across_chunks_arrives_whole(run: Run) -> None:
+    line = '{"type":"data","payload":"héllo ✓"}\n'.encode()
+    cut = line.index("✓".encode()) + 1
+    frames = run(FakeContainer(output=[("stdout", line[:cut]), ("stdout", line[cut:])]))
+    assert frames[2]["payload"] == "héllo ✓"
+
+
+def test_outputs_published_on_success(
+    write_policy: Callable[..., Path], run: Run, runtime: FakeRuntime, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+
+    # The fake "container" writes into the staging dir when started.
+    original_start = runtime.start
+
+    def start(container_id: str) -> None:
+        original_start(container_id)
+        staging = next(m.source for m in runtime.specs[-1].mounts if m.target == "/output")
+        (Path(staging) / "result.txt").write_text("42\n")
+
+    runtime.start = start  # type: ignore[method-assign]
+    frames = run(output_dir=str(out))
+    assert frames[-1]["status"] == "ok"
+    assert frames[-1]["outputs"][0]["path"] == "result.txt"
+    assert (out / "result.txt").read_text() == "42\n"
+    assert not (tmp_path / ".sandbox-staging").exists()
+
+
+def test_failed_run_leaves_no_partial_output_and_names_where_it_went(
+    run: Run, runtime: FakeRuntime, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    original_start = runtime.start
+
+    def start(container_id: str) -> None:
+        original_start(container_id)
+        staging = next(m.source for m in runtime.specs[-1].mounts if m.target == "/output")
+        (Path(staging) / "half.txt").write_text("partial")
+
+    runtime.start = start  # type: ignore[method-assign]
+    frames = run(FakeContainer(exit_code=1), output_dir=str(out))
+    assert not out.exists()
+    kept = Path(frames[-1]["partial_outputs"])
+    assert kept.parent.name == ".sandbox-failed"
+    assert (kept / "half.txt").read_text() == "partial"
+    assert frames[-2]["error"]["details"]["partial_outputs"] == str(kept)
+
+
+def test_reap_rule_spares_live_owners_and_takes_dead_ones() -> None:
+    me = Owner(pid=1, start_time=10.0, host="h")
+    labels = {
+        "io.sandbox.owner_pid": "2",
+        "io.sandbox.owner_start": "20.0",
+        "io.sandbox.owner_host": "h",
+        "io.sandbox.deadline": "100",
+    }
+    assert should_reap(labels, me, 50.0, lambda _pid, _start: False)
+    assert not should_reap(labels, me, 50.0, lambda _pid, _start: True)
+    mine = {**labels, "io.sandbox.owner_pid": "1", "io.sandbox.owner_start": "10.0"}
+    assert not should_reap(mine, me, 50.0, lambda _pid, _start: False)
+    elsewhere = {**labels, "io.sandbox.owner_host": "other"}
+    assert not should_reap(elsewhere, me, 150.0, lambda _pid, _start: False)
+    assert should_reap(elsewhere, me, 200.0, lambda _pid, _start: False)
+
+
+def test_transient_errors_are_retried_only_for_idempotent_calls() -> None:
+    from sandbox.docker_runtime import _is_transient
+
+    assert _is_transient(requests.exceptions.ConnectionError())
+    assert not _is_transient(ValueError())
