@@ -33,7 +33,7 @@ from .errors import (
 from .frames import Frame, FrameFactory
 from .policy import LoadedPolicy, authorize, effective_timeout, find_policy
 from .request import Request
-from .runtime import Attachment, ContainerRuntime, ExitState
+from .runtime import Attachment, ContainerRuntime, ExitState, ResourceUsage
 from .spec import (
     INPUTS_DIR,
     LABEL_DEADLINE,
@@ -69,6 +69,7 @@ class Outcome:
     error: SandboxError | None = None
     script_reported_error: bool = False
     partial_outputs: str | None = None
+    memory_peak_bytes: int | None = None
 
     def fail(self, error: SandboxError) -> None:
         """Record a failure; the first one decides the status."""
@@ -88,6 +89,7 @@ class Watchdog:
         self,
         *,
         kill: Callable[[], None],
+        sample: Callable[[], ResourceUsage],
         attachment: Attachment,
         deadline: float,
         clock: Callable[[], float],
@@ -98,7 +100,10 @@ class Watchdog:
         output_poll_s: float,
     ) -> None:
         self.reason: str | None = None
+        self.pids_limit_hits = 0
+        self.memory_peak_bytes: int | None = None
         self._kill = kill
+        self._sample = sample
         self._attachment = attachment
         self._deadline = deadline
         self._clock = clock
@@ -132,6 +137,15 @@ class Watchdog:
         logger.info("stopping container: {}", reason)
         self._wake.set()
 
+    def record_usage(self) -> None:
+        if self._tripped_at is not None:
+            return
+        usage = self._sample()
+        if usage.pids_limit_hits:
+            self.pids_limit_hits = max(self.pids_limit_hits, usage.pids_limit_hits)
+        if usage.memory_peak_bytes is not None:
+            self.memory_peak_bytes = max(self.memory_peak_bytes or 0, usage.memory_peak_bytes)
+
     def _kill_now(self) -> None:
         self._tripped_at = self._clock()
         try:
@@ -147,6 +161,7 @@ class Watchdog:
             if self._stop.is_set():
                 return
             now = self._clock()
+            self.record_usage()
             if self._cancel.is_set():
                 self.trip("interrupted")
             elif now >= self._deadline:
@@ -285,6 +300,7 @@ class Coordinator:
             yield frames.make("started", container_id=container_id)
             watchdog = Watchdog(
                 kill=lambda: self.runtime.kill(container_id),
+                sample=lambda: self.runtime.usage(container_id),
                 attachment=attachment,
                 deadline=deadline,
                 clock=self.clock,
@@ -296,10 +312,21 @@ class Coordinator:
             )
             watchdog.start()
             yield from self._stream(attachment, frames, outcome, watchdog, spec)
+            watchdog.record_usage()  # a last sample: short runs may end between polls
             state = self.runtime.wait(container_id, WAIT_GRACE_S)
             watchdog.stop()
             past_deadline = self.clock() >= deadline
+            outcome.memory_peak_bytes = watchdog.memory_peak_bytes
             _classify(outcome, state, watchdog.reason, spec, loaded, past_deadline=past_deadline)
+            if watchdog.pids_limit_hits and outcome.status in ("tool_error", "timeout"):
+                outcome.error = None
+                outcome.fail(
+                    ResourceLimit(
+                        f"the tool hit its process limit ({loaded.policy.limits.pids}) "
+                        f"{watchdog.pids_limit_hits} time(s) and failed",
+                        limit="pids",
+                    )
+                )
         finally:
             if watchdog is not None:
                 watchdog.stop()

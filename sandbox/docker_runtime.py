@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -26,7 +27,14 @@ from loguru import logger
 
 from .errors import InfrastructureError, SandboxError
 from .retry import transient_retry
-from .runtime import Attachment, EngineInfo, ExitState, ManagedContainer, StreamName
+from .runtime import (
+    Attachment,
+    EngineInfo,
+    ExitState,
+    ManagedContainer,
+    ResourceUsage,
+    StreamName,
+)
 from .spec import LABEL_MANAGED, LABEL_RUN_ID, ContainerSpec
 
 T = TypeVar("T")
@@ -35,6 +43,35 @@ ENGINE_FIX = (
 )
 _STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
 _RECV_BYTES = 256 * 1024
+
+
+# Where Docker's cgroupfs driver puts a container's counters (cgroup v1, then v2).
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PIDS_EVENTS = (
+    "pids/docker/{id}/pids.events",
+    "docker/{id}/pids.events",
+    "system.slice/docker-{id}.scope/pids.events",
+)
+_MEMORY_PEAK = (
+    "memory/docker/{id}/memory.max_usage_in_bytes",
+    "docker/{id}/memory.peak",
+    "system.slice/docker-{id}.scope/memory.peak",
+)
+
+
+def _read_counter(container_id: str, candidates: tuple[str, ...], prefix: str = "") -> int | None:
+    for pattern in candidates:
+        try:
+            text = (_CGROUP_ROOT / pattern.format(id=container_id)).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith(prefix):
+                try:
+                    return int(line[len(prefix) :].strip())
+                except ValueError:
+                    return None
+    return None
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -256,6 +293,13 @@ class DockerRuntime:
                 raise
 
         self._retrying("remove the container", remove_once)
+
+    def usage(self, container_id: str) -> ResourceUsage:
+        # The engine API has no "pids limit was hit" counter; the container's cgroup does.
+        return ResourceUsage(
+            pids_limit_hits=_read_counter(container_id, _PIDS_EVENTS, prefix="max "),
+            memory_peak_bytes=_read_counter(container_id, _MEMORY_PEAK),
+        )
 
     def list_managed(self) -> list[ManagedContainer]:
         found = self._retrying(

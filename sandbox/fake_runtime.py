@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import InfrastructureError
-from .runtime import EngineInfo, ExitState, ManagedContainer, StreamName
+from .runtime import EngineInfo, ExitState, ManagedContainer, ResourceUsage, StreamName
 from .spec import ContainerSpec
 
 
@@ -24,6 +24,8 @@ class FakeContainer:
     oom_killed: bool = False
     block_until_killed: bool = False
     fail_mid_stream: bool = False
+    pids_limit_hits: int = 0
+    memory_peak_bytes: int = 1024 * 1024
 
 
 @dataclass
@@ -90,6 +92,10 @@ class FakeRuntime:
         self.calls.append(("remove", container_id))
         self._maybe_fail("remove")
         self.live.pop(container_id, None)
+
+    def usage(self, container_id: str) -> ResourceUsage:
+        script = self._running[container_id]
+        return ResourceUsage(script.pids_limit_hits, script.memory_peak_bytes)
 
     def list_managed(self) -> list[ManagedContainer]:
         self.calls.append(("list_managed", ""))

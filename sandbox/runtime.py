@@ -22,6 +22,14 @@ class ExitState:
 
 
 @dataclass(frozen=True)
+class ResourceUsage:
+    """Cgroup counters sampled while a container runs (None where the host hides them)."""
+
+    pids_limit_hits: int | None
+    memory_peak_bytes: int | None
+
+
+@dataclass(frozen=True)
 class ManagedContainer:
     """A container carrying our labels."""
 
@@ -73,6 +81,9 @@ class ContainerRuntime(Protocol):
 
     def remove(self, container_id: str) -> None:
         """Force-remove; a container already gone is not an error."""
+
+    def usage(self, container_id: str) -> ResourceUsage:
+        """Sample the running container's pids-limit hits and memory peak (cheap, best effort)."""
 
     def list_managed(self) -> list[ManagedContainer]:
         """Every container (running or not) with our ``managed`` label."""

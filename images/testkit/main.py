@@ -92,6 +92,13 @@ def case_forkbomb(ctx: Context) -> Any:
         return {"children": children, "error": exc.strerror}
 
 
+def case_forkbomb_crash(ctx: Context) -> Any:
+    while True:  # no error handling: the tool dies when fork() fails at the pids limit
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+
+
 def case_flood(args: dict[str, Any]) -> None:
     line = b"x" * 1023 + b"\n"
     block = line * 64

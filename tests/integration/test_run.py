@@ -137,6 +137,12 @@ def test_fork_bomb_is_held_by_the_pids_limit(sandbox_run: Run) -> None:
     assert result.result["error"] == "Resource temporarily unavailable"
 
 
+def test_fork_bomb_that_crashes_is_resource_limit(sandbox_run: Run) -> None:
+    result = sandbox_run({"case": "forkbomb_crash"})
+    assert_exit(result, "resource_limit", 5)
+    assert result.errors[-1]["details"]["limit"] == "pids"
+
+
 def test_stdout_flood_is_cut_at_the_cap_with_resource_limit(sandbox_run: Run) -> None:
     result = sandbox_run({"case": "flood", "mb": 200})
     assert_exit(result, "resource_limit", 5)

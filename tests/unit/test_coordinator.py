@@ -133,6 +133,16 @@ def test_cancel_removes_the_container_and_reports_interrupted(
     assert runtime.live == {}
 
 
+def test_pids_limit_hit_and_a_failing_tool_is_resource_limit(run: Run) -> None:
+    frames = run(FakeContainer(exit_code=1, pids_limit_hits=3, block_until_killed=False))
+    assert frames[-1]["status"] == "resource_limit"
+    assert frames[-2]["error"]["details"]["limit"] == "pids"
+
+
+def test_pids_limit_hit_by_a_tool_that_copes_is_still_ok(run: Run) -> None:
+    assert run(FakeContainer(exit_code=0, pids_limit_hits=3))[-1]["status"] == "ok"
+
+
 def test_stdout_over_the_cap_is_resource_limit(write_policy: Callable[..., Path], run: Run) -> None:
     write_policy(limits={"timeout_s": 10, "memory_mb": 128, "stdout_mb": 1, "tmpfs_mb": 16})
     chunk = (b"x" * 1023 + b"\n") * 512
