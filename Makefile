@@ -7,7 +7,7 @@ SANDBOX := $(PY) -m sandbox
 PYTEST := $(PY) -m pytest
 export SANDBOX_POLICY_DIR ?= $(CURDIR)/policies
 
-.PHONY: help setup engine venv base-image testkit-image images lock-images lint test test-unit \
+.PHONY: policy-check policy-audit policy-diff policy-schema help setup engine venv base-image testkit-image images lock-images lint test test-unit \
         test-integration test-tools test-node test-security demo bench scan clean
 
 help: ## list the targets
@@ -31,10 +31,23 @@ base-image: engine ## sandbox/base from Debian's packages (debootstrap, docker i
 testkit-image: base-image ## sandbox/testkit, the coordinator's test image
 	@bash scripts/build-image.sh testkit -q >/dev/null
 
-lint: venv ## ruff format --check, ruff, mypy --strict
+lint: venv ## ruff format --check, ruff, mypy --strict, committed policy schema up to date
 	$(VENV)/bin/ruff format --check sandbox tests
 	$(VENV)/bin/ruff check sandbox tests
 	$(VENV)/bin/mypy
+	$(PYTEST) -q tests/unit/review/test_schema.py
+
+policy-check: venv ## baseline rules on policies/ (FORMAT=sarif for code scanning)
+	$(SANDBOX) policy check --format $(or $(FORMAT),text)
+
+policy-audit: venv ## reviewer report of every tool (Markdown)
+	$(SANDBOX) policy audit
+
+policy-diff: venv ## security-relevant policy changes against BASE (default main); exit 1 on loosening
+	$(SANDBOX) policy diff git:$(or $(BASE),main) policies/
+
+policy-schema: venv ## regenerate docs/policy.schema.json from the Policy model
+	$(SANDBOX) policy schema > docs/policy.schema.json
 
 test-unit: venv ## unit tier (no Docker)
 	$(PYTEST) tests/unit -q

@@ -30,6 +30,15 @@ BoundedField = Literal[
 BOUNDED_FIELDS: tuple[BoundedField, ...] = get_args(BoundedField)
 LimitName = Literal["timeout_s", "memory_mb", "cpus", "pids", "tmpfs_mb", "stdout_mb", "frame_kb"]
 Runtime = Literal["runc", "runsc"]
+ALL_RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+REQUIRED_LIMITS: tuple[LimitName, ...] = (
+    "timeout_s",
+    "memory_mb",
+    "cpus",
+    "pids",
+    "tmpfs_mb",
+    "stdout_mb",
+)
 
 _LIMITS, _OUTPUT, _INPUTS = Limits(), OutputPolicy(), InputsPolicy()
 # The policy format's own defaults are the strict values: anything above them is a relaxation.
@@ -67,11 +76,9 @@ class Baseline(BaseModel):
     """Baseline format version."""
     min_uid: int = Field(default=1000, ge=1, le=2**31 - 1)
     """Lowest container uid allowed (SBX002); system accounts below it may own image files."""
-    runtimes: list[Runtime] = Field(default_factory=lambda: ["runc", "runsc"], min_length=1)
+    runtimes: list[Runtime] = Field(default_factory=lambda: list(ALL_RUNTIMES), min_length=1)
     """OCI runtimes a policy may use (SBX010); ``[runsc]`` requires gVisor everywhere."""
-    required_limits: list[LimitName] = Field(
-        default_factory=lambda: ["timeout_s", "memory_mb", "cpus", "pids", "tmpfs_mb", "stdout_mb"]
-    )
+    required_limits: list[LimitName] = Field(default_factory=lambda: list(REQUIRED_LIMITS))
     """Limits every policy must write out (SBX004)."""
     justify_above: dict[BoundedField, float] = Field(default_factory=dict)
     """Values above these are relaxations that need a justification (SBX011)."""
@@ -102,7 +109,8 @@ def parse_baseline(text: bytes, path: Path) -> Baseline:
     if data is None:
         return BUILTIN_BASELINE
     if not isinstance(data, dict):
-        raise PolicyFileError("a baseline must be a YAML mapping", path=str(path), line=1)
+        msg = "a baseline must be a YAML mapping"
+        raise PolicyFileError(msg, path=str(path), line=1)
     try:
         return Baseline.model_validate(data)
     except ValidationError as exc:

@@ -56,7 +56,7 @@ RULES: tuple[Rule, ...] = (
         "SBX002",
         "non-root-user",
         "The container user is an explicit non-root `uid:gid` with uid at or above `min_uid`.",
-        "Set `user: \"65532:65532\"` (or another numeric uid:gid >= the baseline's min_uid). "
+        'Set `user: "65532:65532"` (or another numeric uid:gid >= the baseline\'s min_uid). '
         "Without a gid Docker uses the image's group for the uid, which is root (0) when the "
         "image has no passwd entry; low uids may own files in the image.",
         severity=8.0,
@@ -65,7 +65,7 @@ RULES: tuple[Rule, ...] = (
         "SBX003",
         "network-none",
         "`network` is `none` unless `justification.network` says why it is not.",
-        "Use `network: none`, or add `justification: {network: \"...\"}` naming what the tool "
+        'Use `network: none`, or add `justification: {network: "..."}` naming what the tool '
         "must reach. Host and container network namespaces are never allowed.",
         justifiable=True,
         severity=8.0,

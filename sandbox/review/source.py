@@ -53,7 +53,8 @@ def load(source: PolicySource) -> LoadedPolicy:
     try:
         return parse_policy(source.text, source.path)
     except UnicodeDecodeError as exc:
-        raise PolicyFileError("not UTF-8 text", path=str(source.path)) from exc
+        msg = "not UTF-8 text"
+        raise PolicyFileError(msg, path=str(source.path)) from exc
 
 
 def load_baseline(source: PolicySource | None) -> Baseline:
@@ -63,7 +64,8 @@ def load_baseline(source: PolicySource | None) -> Baseline:
     try:
         return parse_baseline(source.text, source.path)
     except UnicodeDecodeError as exc:
-        raise PolicyFileError("not UTF-8 text", path=str(source.path)) from exc
+        msg = "not UTF-8 text"
+        raise PolicyFileError(msg, path=str(source.path)) from exc
 
 
 def load_all(policy_set: PolicySet) -> dict[str, LoadedPolicy]:
@@ -74,23 +76,23 @@ def load_all(policy_set: PolicySet) -> dict[str, LoadedPolicy]:
 # --- directories ------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_source(path: Path) -> PolicySource:
+    """One file's bytes (PolicyFileError when it cannot be read)."""
     try:
         with path.open("rb") as handle:
             # One byte over the cap, so the parser can say the file is too large.
-            return handle.read(MAX_POLICY_BYTES + 1)
+            return PolicySource(path, handle.read(MAX_POLICY_BYTES + 1))
     except OSError as exc:
-        raise PolicyFileError(f"cannot read: {exc.strerror}", path=str(path)) from exc
+        msg = f"cannot read: {exc.strerror}"
+        raise PolicyFileError(msg, path=str(path)) from exc
 
 
-def read_dir(directory: Path) -> PolicySet:
+def read_dir(directory: Path, label: str | None = None) -> PolicySet:
     """The policy files of a directory (PolicyFileError when it does not exist)."""
-    policies = tuple(PolicySource(path, _read_bytes(path)) for path in policy_files(directory))
+    policies = tuple(map(read_source, policy_files(directory)))
     baseline_path = directory / BASELINE_FILE
-    baseline = (
-        PolicySource(baseline_path, _read_bytes(baseline_path)) if baseline_path.is_file() else None
-    )
-    return PolicySet(label=str(directory), policies=policies, baseline=baseline)
+    baseline = read_source(baseline_path) if baseline_path.is_file() else None
+    return PolicySet(label=label or str(directory), policies=policies, baseline=baseline)
 
 
 # --- git revisions ----------------------------------------------------------------------------
@@ -109,10 +111,11 @@ def parse_location(text: str, default_path: Path) -> Path | GitLocation:
 
 
 def read_location(text: str, default_path: Path, cwd: Path) -> PolicySet:
-    """The policy set a command-line location names (directory or git revision)."""
+    """The policy set a command-line location names (directory or git revision); relative
+    paths are relative to ``cwd``; the set is labelled with ``text`` as given."""
     location = parse_location(text, default_path)
     if isinstance(location, Path):
-        return read_dir(location)
+        return read_dir(cwd / location, label=text)
     return read_git(location, cwd)
 
 
@@ -121,12 +124,16 @@ def _git(args: list[str], cwd: Path, label: str) -> bytes:
     if git is None:
         msg = "git is not installed"
         raise InfrastructureError(msg, fix="install git, or compare two directories")
-    proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the ref was checked
-        [git, "-C", str(cwd), *args],
-        capture_output=True,
-        check=False,
-        timeout=GIT_TIMEOUT_S,
-    )
+    try:
+        proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the ref was checked
+            [git, "-C", str(cwd), *args],
+            capture_output=True,
+            check=False,
+            timeout=GIT_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        msg = f"git {args[0]} did not finish in {GIT_TIMEOUT_S}s"
+        raise InfrastructureError(msg, path=label) from exc
     if proc.returncode != 0:
         detail = proc.stderr.decode(errors="replace").strip() or f"exit {proc.returncode}"
         msg = f"git {args[0]} failed: {detail}"
@@ -160,6 +167,7 @@ def read_git(location: GitLocation, cwd: Path) -> PolicySet:
     toplevel = Path(_git(["rev-parse", "--show-toplevel"], cwd, label).decode().strip())
     commit = _resolve_commit(location.ref, cwd, label)
     relative = _repo_relative(location.path, cwd, toplevel)
+    label = f"{GIT_PREFIX}{location.ref}:{relative}"
     prefix = "" if relative == "." else f"{relative}/"
     listing = _git(["ls-tree", "-z", commit, "--", prefix or "."], toplevel, label)
     policies: list[PolicySource] = []
@@ -180,7 +188,7 @@ def _yaml_blobs(listing: bytes) -> list[tuple[str, str]]:
     for entry in listing.decode().split("\0"):
         meta, _, path = entry.partition("\t")
         parts = meta.split()
-        # Symlinks (120000) and sub-trees are not policies, as in a directory.
+        # Sub-trees are not policies, and a symlink's blob (mode 120000) is its target path.
         if len(parts) == 3 and parts[1] == "blob" and parts[0] in {"100644", "100755"}:
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".yaml"):

@@ -1,0 +1,153 @@
+"""Which way did an ``args_schema`` change move? Keyword-by-keyword comparison of two JSON
+Schemas. Pure.
+
+Bounds (``maxLength``, ``maximum``...) that grow, properties that appear, ``required``
+entries that go, ``enum`` values that appear and closed nodes that open are loosening; the
+reverse is tightening; anything whose effect is not obvious (``$ref``, combinators, a changed
+pattern) is neutral. Annotations (title, description, examples) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Literal
+
+Direction = Literal["loosening", "tightening", "neutral"]
+SchemaChange = tuple[str, Direction, Any, Any]
+
+_ABSENT: Any = object()
+_INF = float("inf")
+_ANNOTATIONS = frozenset(
+    {"title", "description", "examples", "$comment", "default", "deprecated", "readOnly"}
+)
+_UPPER = frozenset(
+    {"maxLength", "maxItems", "maxProperties", "maximum", "exclusiveMaximum", "maxContains"}
+)
+_LOWER = frozenset(
+    {"minLength", "minItems", "minProperties", "minimum", "exclusiveMinimum", "minContains"}
+)
+# Keywords whose absence (or `true`) accepts anything, whose `false` accepts nothing.
+_OPENNESS = frozenset(
+    {"items", "additionalProperties", "unevaluatedProperties", "unevaluatedItems"}
+)
+_SUBSCHEMAS = _OPENNESS | {"contains", "propertyNames", "not", "if", "then", "else"}
+# Maps of name -> schema; a new member of the first two accepts a new key.
+_ACCEPTING_MAPS = frozenset({"properties", "patternProperties"})
+_MAPS = _ACCEPTING_MAPS | {"$defs", "definitions", "dependentSchemas"}
+
+
+def schema_changes(old: Any, new: Any, path: str) -> Iterator[SchemaChange]:
+    """Each change from ``old`` to ``new`` below ``path``, with its direction."""
+    if old == new:
+        return
+    if isinstance(old, dict) and isinstance(new, dict):
+        yield from _keywords(old, new, path)
+    else:
+        yield path, "neutral", old, new
+
+
+def _keywords(old: dict[str, Any], new: dict[str, Any], path: str) -> Iterator[SchemaChange]:
+    for key in [*new, *(k for k in old if k not in new)]:
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if key in _ANNOTATIONS or before == after:
+            continue
+        where = f"{path}.{key}"
+        if key in _MAPS and _is_map(before) and _is_map(after):
+            yield from _members(key, _as_map(before), _as_map(after), where)
+        elif key in _SUBSCHEMAS and isinstance(before, dict) and isinstance(after, dict):
+            yield from schema_changes(before, after, where)
+        else:
+            yield where, _direction(key, before, after), _shown(before), _shown(after)
+
+
+def _is_map(value: Any) -> bool:
+    return value is _ABSENT or isinstance(value, dict)
+
+
+def _as_map(value: Any) -> dict[str, Any]:
+    return {} if value is _ABSENT else dict(value)
+
+
+def _shown(value: Any) -> Any:
+    return None if value is _ABSENT else value
+
+
+def _members(
+    key: str, old: dict[str, Any], new: dict[str, Any], path: str
+) -> Iterator[SchemaChange]:
+    accepting = key in _ACCEPTING_MAPS
+    for name in [*new, *(n for n in old if n not in new)]:
+        where = f"{path}.{name}"
+        if name not in old:
+            yield where, "loosening" if accepting else "neutral", None, new[name]
+        elif name not in new:
+            yield where, "tightening" if accepting else "neutral", old[name], None
+        else:
+            yield from schema_changes(old[name], new[name], where)
+
+
+def _direction(key: str, before: Any, after: Any) -> Direction:
+    if key in _UPPER:
+        return _looser_if(_num(after, _INF) > _num(before, _INF))
+    if key in _LOWER:
+        return _looser_if(_num(after, -_INF) < _num(before, -_INF))
+    if key in _OPENNESS:
+        return _looser_if(_openness(after) > _openness(before))
+    if key == "required":
+        return _subset(_set(before), _set(after))
+    if key in ("enum", "type"):
+        return _accepts(before, after)
+    if key in ("const", "pattern", "format", "$ref"):
+        return _presence(before, after)
+    return "neutral"
+
+
+def _looser_if(looser: bool) -> Direction:
+    return "loosening" if looser else "tightening"
+
+
+def _num(value: Any, absent: float) -> float:
+    return float(value) if isinstance(value, int | float) and value is not _ABSENT else absent
+
+
+def _openness(value: Any) -> int:
+    if value is _ABSENT or value is True:
+        return 2
+    return 0 if value is False else 1
+
+
+def _set(value: Any) -> set[str]:
+    """A keyword's values as comparable JSON texts (a missing keyword is the empty set)."""
+    if value is _ABSENT:
+        return set()
+    values = value if isinstance(value, list) else [value]
+    return {json.dumps(v, sort_keys=True) for v in values}
+
+
+def _subset(before: set[str], after: set[str]) -> Direction:
+    """``required``: entries added tighten; any entry dropped loosens."""
+    if before == after:
+        return "neutral"
+    return "tightening" if after >= before else "loosening"
+
+
+def _accepts(before: Any, after: Any) -> Direction:
+    """``enum``/``type``: absent accepts everything; any newly listed value loosens."""
+    if after is _ABSENT:
+        return "loosening"
+    if before is _ABSENT:
+        return "tightening"
+    old, new = _set(before), _set(after)
+    if old == new:
+        return "neutral"
+    return "tightening" if new <= old else "loosening"
+
+
+def _presence(before: Any, after: Any) -> Direction:
+    """A constraint that appears tightens, one that goes loosens, a changed one is neutral."""
+    if before is _ABSENT:
+        return "tightening"
+    if after is _ABSENT:
+        return "loosening"
+    return "neutral"
