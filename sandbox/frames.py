@@ -1,20 +1,18 @@
-"""Protocol v1 frames: the pydantic models (a discriminated union on ``type``), the factory
-that stamps the envelope (``v``, ``run_id``, ``seq``, ``ts``) and encodes a frame as one line,
-and the acceptance rule for frames a script writes.
+"""Protocol v1 frames on the hot path: the factory that stamps the envelope (``v``, ``run_id``,
+``seq``, ``ts``), ``encode`` (one line), and the rule for which frames a script may send.
 
-Frames travel as plain dicts on the hot path (one per line of tool output); the models are the
-reference for decoding, tests and the published JSON Schema.
+Frames travel as plain dicts, one per line of tool output; their pydantic models (the reference
+for decoding and the JSON Schema) live in ``frame_models`` and load only when asked for, so a
+one-shot ``sandbox run`` does not pay for building them.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-
-from .errors import ErrorKind, SandboxError, Status
+from .errors import SandboxError
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1024 * 1024
@@ -24,111 +22,15 @@ _ENVELOPE = frozenset({"v", "run_id", "seq", "ts", "type"})
 _SCRIPT_ERROR_KINDS = frozenset({"ToolError", "ProtocolError"})
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def __getattr__(name: str) -> Any:
+    """The frame models and ``decode``, imported from ``frame_models`` on first use."""
+    from . import frame_models
 
-
-class TracebackEntry(_Model):
-    file: str
-    line: int | None
-    function: str
-    code: str
-
-
-class ErrorInfo(_Model):
-    kind: ErrorKind
-    message: str
-    traceback: list[TracebackEntry] = Field(default_factory=list)
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-class OutputEntry(_Model):
-    path: str
-    """Relative to output_dir, '/'-separated."""
-    bytes: int
-    sha256: str
-
-
-class RefusedEntry(_Model):
-    path: str
-    reason: str
-
-
-class _Envelope(_Model):
-    v: Literal[1]
-    run_id: str
-    seq: int = Field(ge=0)
-    ts: str
-
-
-class AcceptedFrame(_Envelope):
-    type: Literal["accepted"]
-    tool: str
-    image: str
-    image_id: str
-    policy_sha256: str
-    limits: dict[str, Any]
-
-
-class StartedFrame(_Envelope):
-    type: Literal["started"]
-    container_id: str
-
-
-class LogFrame(_Envelope):
-    type: Literal["log"]
-    stream: Literal["stdout", "stderr"]
-    line: str
-
-
-class ProgressFrame(_Envelope):
-    type: Literal["progress"]
-    message: str
-    fraction: float | None = Field(default=None, ge=0, le=1)
-
-
-class DataFrame(_Envelope):
-    type: Literal["data"]
-    payload: Any
-
-
-class ResultFrame(_Envelope):
-    type: Literal["result"]
-    payload: Any
-
-
-class ErrorFrame(_Envelope):
-    type: Literal["error"]
-    error: ErrorInfo
-
-
-class ExitFrame(_Envelope):
-    type: Literal["exit"]
-    status: Status
-    exit_code: int | None
-    oom_killed: bool
-    duration_s: float
-    outputs: list[OutputEntry]
-    refused: list[RefusedEntry]
-
-
-AnyFrame = Annotated[
-    AcceptedFrame
-    | StartedFrame
-    | LogFrame
-    | ProgressFrame
-    | DataFrame
-    | ResultFrame
-    | ErrorFrame
-    | ExitFrame,
-    Field(discriminator="type"),
-]
-FRAME_ADAPTER: TypeAdapter[AnyFrame] = TypeAdapter(AnyFrame)
-
-
-def decode(line: str | bytes) -> AnyFrame:
-    """Parse and validate one frame line (for consumers and tests)."""
-    return FRAME_ADAPTER.validate_json(line)
+    try:
+        return getattr(frame_models, name)
+    except AttributeError:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg) from None
 
 
 def utc_now() -> str:

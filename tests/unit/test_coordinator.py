@@ -14,7 +14,7 @@ import requests.exceptions
 from sandbox.coordinator import Coordinator, should_reap
 from sandbox.errors import InfrastructureError, InvalidRequest
 from sandbox.fake_runtime import FakeContainer, FakeRuntime
-from sandbox.frames import decode
+from sandbox.frame_models import decode
 from sandbox.request import Request
 from sandbox.spec import Owner
 
