@@ -1,14 +1,17 @@
-# sandbox — make help lists the targets.
+# sandbox — `make help` lists the targets. The two a newcomer needs: `make demo`, `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SANDBOX := $(PY) -m sandbox
 PYTEST := $(PY) -m pytest
+ADVISORY_DB ?= ../shared/data/pypa-advisory-db
+TOOLS := pyairbyte_ingest dbt_transform dagster_orchestrate eda_analyze
 export SANDBOX_POLICY_DIR ?= $(CURDIR)/policies
 
-.PHONY: policy-check policy-audit policy-diff policy-schema help setup engine venv base-image testkit-image images lock-images lint test test-unit \
-        test-integration test-tools test-node test-security demo bench scan clean
+.PHONY: help engine venv setup base-image testkit-image tool-images images lock-images scan lint \
+        test test-unit test-integration test-tools test-security test-node demo bench clean \
+        policy-check policy-audit policy-diff policy-schema
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,11 +28,23 @@ venv: $(VENV)/.installed ## the Python virtualenv with the package and dev tools
 
 setup: engine venv base-image ## engine + virtualenv + base image: everything a run needs
 
-base-image: engine ## sandbox/base from Debian's packages (debootstrap, docker import)
-	@bash scripts/build-image.sh base -q >/dev/null
+base-image: engine venv ## sandbox/base from Debian's packages (debootstrap, docker import)
+	$(SANDBOX) images build base
 
 testkit-image: base-image ## sandbox/testkit, the coordinator's test image
-	@bash scripts/build-image.sh testkit -q >/dev/null
+	$(SANDBOX) images build testkit
+
+tool-images: base-image ## the four data-tool images (cached layers make rebuilds quick)
+	$(SANDBOX) images build $(TOOLS)
+
+images: engine venv ## build base, testkit and every tool image
+	$(SANDBOX) images build
+
+lock-images: venv ## pin the local image ids into policies/ (prints the diff to review)
+	$(SANDBOX) images lock
+
+scan: venv ## lint, config, filesystem, drift, advisories, SBOMs -> out/images-scan
+	$(SANDBOX) images scan --advisory-db $(ADVISORY_DB) --fail-on $(or $(FAIL_ON),high)
 
 lint: venv ## ruff format --check, ruff, mypy --strict, committed policy schema up to date
 	$(VENV)/bin/ruff format --check sandbox tests
@@ -49,14 +64,33 @@ policy-diff: venv ## security-relevant policy changes against BASE (default main
 policy-schema: venv ## regenerate docs/policy.schema.json from the Policy model
 	$(SANDBOX) policy schema > docs/policy.schema.json
 
-test-unit: venv ## unit tier (no Docker)
+test-unit: venv ## unit tier (no Docker, seconds)
 	$(PYTEST) tests/unit -q
 
-test-integration: venv testkit-image ## integration tier (real engine)
+test-integration: venv testkit-image ## integration tier: the real engine, the CLI as a subprocess
 	$(PYTEST) tests/integration -q
 
-test: setup lint testkit-image ## every tier: lint, unit, integration, tools, node
-	$(PYTEST) tests/unit tests/integration -q
+test-tools: venv tool-images ## the four data tools on the sample data
+	$(PYTEST) tests/tools -q
 
-clean: ## remove build leftovers (not images)
-	rm -rf images/.build .pytest_cache .mypy_cache .ruff_cache
+test-security: venv testkit-image ## attack suite under runc and runsc, fault tests
+	$(PYTEST) tests/security -q
+
+test-node: venv testkit-image ## Node.js client tests (node --test) against the real CLI and engine
+	cd clients/node && SANDBOX_PYTHON=$(CURDIR)/$(PY) node --test
+
+test: setup lint images ## every tier: lint, unit, integration, tools, security, node
+	$(PYTEST) tests/unit tests/integration tests/tools tests/security -q
+	$(MAKE) --no-print-directory test-node
+	$(SANDBOX) policy check
+
+demo: setup tool-images ## the four-tool pipeline through `sandbox run`, frames as they stream
+	$(SANDBOX) images lock
+	bash scripts/demo.sh
+
+bench: venv testkit-image ## performance benchmarks (docs/performance.md)
+	$(PY) bench/run.py
+
+clean: ## remove build leftovers and demo outputs (not images)
+	rm -rf images/.build .pytest_cache .mypy_cache .ruff_cache out
+	find demo-output -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

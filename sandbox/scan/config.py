@@ -149,9 +149,7 @@ def _missing_programs(
     wanted = [WRAPPER, policy.command[0]]
     missing = [p for p in wanted if _which(snapshot, p, path_var) is None]
     # Absolute arguments (the tool script) must exist too, or every run fails at start.
-    missing += [
-        a for a in policy.command[1:] if a.startswith("/") and resolve(snapshot, a) is None
-    ]
+    missing += [a for a in policy.command[1:] if a.startswith("/") and resolve(snapshot, a) is None]
     return [
         _finding(
             "config.command-missing",
@@ -179,5 +177,5 @@ def check_config(
         what += f", entrypoint and command of {', '.join(p.tool for p in policies)}"
     else:
         what += " (no policy runs this image: command not checked)"
-    status = "failed" if findings else "passed"
+    status = "findings" if findings else "passed"
     return CheckResult(name=CHECK, status=status, summary=what, checked=1), findings

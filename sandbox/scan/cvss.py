@@ -51,10 +51,8 @@ def base_score(vector: str) -> float | None:
         ) * _WEIGHTS["UI"][m["UI"]]
     except KeyError:
         return None
-    if scope == "U":
-        impact = 6.42 * iss
-    else:
-        impact = 7.52 * (iss - 0.029) - 3.25 * (iss - 0.02) ** 15
+    changed = 7.52 * (iss - 0.029) - 3.25 * (iss - 0.02) ** 15
+    impact = 6.42 * iss if scope == "U" else changed
     if impact <= 0:
         return 0.0
     total = impact + exploit if scope == "U" else 1.08 * (impact + exploit)

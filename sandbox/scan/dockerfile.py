@@ -105,6 +105,6 @@ def check_dockerfile(
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         return CheckResult(name=CHECK, status="error", summary=f"hadolint failed: {exc}"), []
     lines = len(text.splitlines())
-    status = "failed" if any(f.severity != Severity.INFO for f in findings) else "passed"
+    status = "findings" if any(f.severity != Severity.INFO for f in findings) else "passed"
     summary = f"hadolint on {repo_path} ({lines} lines, {len(findings)} finding(s))"
     return CheckResult(name=CHECK, status=status, summary=summary, checked=lines), findings

@@ -14,7 +14,7 @@ from .tarfs import FsSnapshot
 CHECK = "filesystem"
 # World-writable scratch directories every Linux root has; sticky, so users cannot delete each
 # other's files, and the runtime mounts a tmpfs over /tmp anyway (contract section 6).
-STICKY_SCRATCH = frozenset({"/tmp", "/var/tmp", "/run/lock", "/var/lock", "/dev/shm"})
+STICKY_SCRATCH = frozenset({"/tmp", "/var/tmp", "/run/lock", "/var/lock", "/dev/shm"})  # noqa: S108 - image paths, not host temp files
 # Label an image sets to declare the compilers it needs at run time (comma-separated names).
 COMPILERS_LABEL = "io.sandbox.compilers"
 _BIN_DIR_RE = re.compile(r"^(/usr(/local)?)?/s?bin/|^/opt/.+/bin/")
@@ -25,7 +25,7 @@ _COMPILER_RE = re.compile(
 
 
 def _under_scratch(path: str) -> bool:
-    return path == "/tmp" or path.startswith("/tmp/")
+    return path == "/tmp" or path.startswith("/tmp/")  # noqa: S108 - an image path
 
 
 def setuid_findings(snapshot: FsSnapshot) -> list[Finding]:
@@ -113,7 +113,9 @@ def compiler_findings(snapshot: FsSnapshot, labels: dict[str, str]) -> list[Find
     ]
 
 
-def check_filesystem(snapshot: FsSnapshot, labels: dict[str, str]) -> tuple[CheckResult, list[Finding]]:
+def check_filesystem(
+    snapshot: FsSnapshot, labels: dict[str, str]
+) -> tuple[CheckResult, list[Finding]]:
     findings = [
         *setuid_findings(snapshot),
         *world_writable_findings(snapshot),
@@ -129,5 +131,5 @@ def check_filesystem(snapshot: FsSnapshot, labels: dict[str, str]) -> tuple[Chec
         f"{examined} paths: setuid/setgid, world-writable, package caches, compilers"
         f" ({len(findings)} finding(s))"
     )
-    status = "failed" if findings else "passed"
+    status = "findings" if findings else "passed"
     return CheckResult(name=CHECK, status=status, summary=summary, checked=examined), findings

@@ -38,7 +38,7 @@ class Locked:
 
 def logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """(first line number, joined text) with comments removed and ``\\`` continuations joined."""
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for number, raw in enumerate(text.splitlines(), start=1):
         line = _COMMENT_RE.sub("", raw).rstrip()
         if not parts:

@@ -38,9 +38,13 @@ _RANKS = {
 # The thresholds ``--fail-on`` accepts (``info`` findings never fail a scan).
 FailOn = Literal["low", "medium", "high", "critical"]
 
-CheckStatus = Literal["passed", "failed", "not_applicable", "skipped", "error"]
-"""``passed``/``failed``: the check ran over something. ``not_applicable``: the image has nothing
-of that kind (say what). ``skipped``/``error``: the check could not run, so nothing is claimed."""
+Verdict = Literal["pass", "fail", "incomplete"]
+"""``fail``: a finding at or above the threshold; ``incomplete``: a check could not run."""
+
+CheckStatus = Literal["passed", "findings", "not_applicable", "skipped", "error"]
+"""``passed``/``findings``: the check ran (and found nothing / something). ``not_applicable``:
+the image has nothing of that kind (the summary says what). ``skipped``/``error``: the check
+could not run, so nothing is claimed."""
 
 
 class _Model(BaseModel):
@@ -113,8 +117,9 @@ class AdvisoryDbInfo(_Model):
 class OnlineInfo(_Model):
     """Whether the online OSV service was used."""
 
-    status: Literal["disabled", "used", "unreachable"]
-    """``disabled`` unless ``--online``; ``unreachable`` is reported, never fatal."""
+    status: Literal["disabled", "unused", "used", "unreachable"]
+    """``disabled`` unless ``--online``; ``unused``: nothing to look up; ``unreachable`` is
+    reported, never fatal."""
     url: str | None = None
     """The service queried."""
     detail: str | None = None
@@ -142,7 +147,7 @@ class ImageReport(_Model):
     """Python packages matched against advisories (0 means no vulnerability claim)."""
     sbom: str | None = None
     """Path of the CycloneDX SBOM written for this image."""
-    verdict: Literal["pass", "fail", "incomplete"]
+    verdict: Verdict
     """``fail``: a finding at or above the threshold; ``incomplete``: a check could not run."""
 
 
@@ -163,5 +168,5 @@ class ScanReport(_Model):
     """The online service, if used."""
     images: list[ImageReport]
     """Per-image results."""
-    verdict: Literal["pass", "fail", "incomplete"]
+    verdict: Verdict
     """Worst verdict over the images."""

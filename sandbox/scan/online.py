@@ -33,9 +33,7 @@ def _batch_ids(base: str, packages: Sequence[tuple[str, str]]) -> set[str]:
     ids: set[str] = set()
     for start in range(0, len(packages), BATCH):
         chunk = packages[start : start + BATCH]
-        queries = [
-            {"package": {"name": n, "ecosystem": ECOSYSTEM}, "version": v} for n, v in chunk
-        ]
+        queries = [{"package": {"name": n, "ecosystem": ECOSYSTEM}, "version": v} for n, v in chunk]
         answer = _call(f"{base}/v1/querybatch", {"queries": queries})
         for result in answer.get("results") or []:
             ids.update(str(v["id"]) for v in result.get("vulns") or [] if "id" in v)
@@ -48,6 +46,8 @@ def augment(
     """Add the service's advisories for ``packages`` to ``index``; say how that went."""
     base = base.rstrip("/")
     known = {a.id for items in index.by_package.values() for a in items}
+    if not packages:
+        return OnlineInfo(status="unused", url=base, detail="no packages to look up")
     try:
         ids = sorted(_batch_ids(base, packages) - known)[:MAX_RECORDS]
         records = [_call(f"{base}/v1/vulns/{vuln_id}") for vuln_id in ids]
@@ -58,3 +58,29 @@ def augment(
         if advisory is not None:
             index.add(advisory)
     return OnlineInfo(status="used", url=base, detail=f"{len(ids)} advisory record(s) fetched")
+
+
+class OnlineSession:
+    """The service across the images of one scan: once unreachable, it is not asked again."""
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = url
+        self.info = OnlineInfo(status="disabled", url=url)
+        """``disabled`` until asked; ``unused`` when no image had packages to look up."""
+        self._fetched = 0
+
+    def augment(self, index: AdvisoryIndex, packages: Sequence[tuple[str, str]]) -> OnlineInfo:
+        if self.info.status == "unreachable":
+            return self.info
+        if not packages:
+            if self.info.status == "disabled":
+                self.info = OnlineInfo(
+                    status="unused", url=self.url, detail="no packages to look up"
+                )
+            return self.info
+        info = augment(index, packages, self.url)
+        if info.status == "used":
+            self._fetched += int((info.detail or "0").split()[0])
+            info = info.model_copy(update={"detail": f"{self._fetched} advisory record(s) fetched"})
+        self.info = info
+        return info

@@ -177,12 +177,12 @@ def in_range(version: Version, events: Iterable[Event]) -> bool:
             bound = Version(event.version)
         except InvalidVersion:
             continue
-        if event.kind == "introduced" and version >= bound:
-            affected = True
-        elif event.kind == "fixed" and version >= bound:
-            affected = False
-        elif event.kind == "last_affected" and version > bound:
-            affected = False
+        if event.kind == "introduced":
+            affected = affected or version >= bound
+        elif event.kind == "fixed":
+            affected = affected and version < bound
+        elif event.kind == "last_affected":
+            affected = affected and version <= bound
     return affected
 
 

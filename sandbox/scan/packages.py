@@ -80,9 +80,7 @@ def match_locks(
     return pairs, left, [lock for lock in locks if id(lock) not in used]
 
 
-def _drift(
-    rule: str, severity: Severity, message: str, where: Location, **props: str
-) -> Finding:
+def _drift(rule: str, severity: Severity, message: str, where: Location, **props: str) -> Finding:
     return Finding(
         rule_id=rule,
         check=CHECK,
@@ -230,7 +228,7 @@ def check_packages(
         f"{', '.join(sorted(lock.name for lock in pairs.values())) or 'no lock'}, "
         "requirements satisfied (pip check)"
     )
-    status = "failed" if findings else "passed"
+    status = "findings" if findings else "passed"
     return CheckResult(name=CHECK, status=status, summary=summary, checked=checked), findings
 
 

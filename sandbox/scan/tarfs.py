@@ -22,6 +22,7 @@ MAX_DPKG_STATUS_BYTES = 32 * 1024 * 1024
 _METADATA_RE = re.compile(r"/[^/]+\.(dist-info/METADATA|egg-info/PKG-INFO|egg-info)$")
 _PYVENV_RE = re.compile(r"/pyvenv\.cfg$")
 DPKG_STATUS = "/var/lib/dpkg/status"
+OS_RELEASE = frozenset({"/etc/os-release", "/usr/lib/os-release"})
 
 CACHE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("apt", re.compile(r"^/var/cache/apt/(archives/[^/]+\.deb|[^/]+\.bin)$")),
@@ -71,6 +72,8 @@ class FsSnapshot:
     """Absolute path of each ``pyvenv.cfg`` -> its bytes."""
     dpkg_status: bytes = b""
     """``/var/lib/dpkg/status``, when present."""
+    os_release: bytes = b""
+    """``os-release``, when present (names the distribution for package URLs)."""
     caches: dict[str, CacheUse] = field(default_factory=dict)
     """Package-manager cache name -> what was found."""
     oversized: list[str] = field(default_factory=list)
@@ -118,6 +121,8 @@ def _keep_content(snapshot: FsSnapshot, tar: tarfile.TarFile, member: tarfile.Ta
         snapshot.pyvenv_cfgs[path] = _read(tar, member)
     elif path == DPKG_STATUS and member.isreg() and member.size <= MAX_DPKG_STATUS_BYTES:
         snapshot.dpkg_status = _read(tar, member)
+    elif path in OS_RELEASE and member.isreg() and member.size <= MAX_METADATA_BYTES:
+        snapshot.os_release = _read(tar, member)
 
 
 def add_member(snapshot: FsSnapshot, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -149,6 +154,17 @@ def snapshot_from_stream(stream: IO[bytes]) -> FsSnapshot:
     return snapshot
 
 
+def distro(snapshot: FsSnapshot) -> str:
+    """``debian-12`` from os-release ('' when unknown)."""
+    fields = {}
+    for line in snapshot.os_release.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.strip().strip('"')
+    if "ID" in fields and "VERSION_ID" in fields:
+        return f"{fields['ID']}-{fields['VERSION_ID']}"
+    return fields.get("ID", "")
+
+
 def resolve(snapshot: FsSnapshot, path: str, depth: int = 0) -> str | None:
     """Follow symlinks inside the snapshot; the final path of a file, or None if dangling."""
     if depth > 40:
@@ -171,7 +187,11 @@ def _resolve_through_dir_links(snapshot: FsSnapshot, path: str, depth: int) -> s
         prefix = "/" + "/".join(parts[:i])
         entry = snapshot.entries.get(prefix)
         if entry is not None and entry.kind == "symlink":
-            target = entry.link if entry.link.startswith("/") else prefix.rsplit("/", 1)[0] + "/" + entry.link
+            target = (
+                entry.link
+                if entry.link.startswith("/")
+                else prefix.rsplit("/", 1)[0] + "/" + entry.link
+            )
             rest = "/".join(parts[i:])
             return resolve(snapshot, _normalize(target + "/" + rest), depth + 1)
     return None

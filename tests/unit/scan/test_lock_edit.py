@@ -1,0 +1,103 @@
+"""`sandbox images lock` edits: only the value of image.id changes, comments and layout stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox.errors import InvalidRequest
+from sandbox.images import compose_env, plan_images, replace_image_id, short_name, tagged
+from sandbox.policy import load_policy_dir
+
+OLD = "sha256:" + "0" * 64
+NEW = "sha256:" + "f" * 64
+FLOW = f"""# yaml-language-server: $schema=../docs/policy.schema.json
+version: 1
+tool: demo
+# the image, pinned
+image: {{name: sandbox/demo, id: "{OLD}"}}   # pinned by `sandbox images lock`
+command: ["python3", "/opt/tool/main.py"]
+env: {{id: keep-me}}
+"""
+BLOCK = f"""version: 1
+tool: demo
+image:
+  # which image
+  name: sandbox/demo
+  id: '{OLD}'  # keep this comment
+command: ["python3", "/opt/tool/main.py"]
+"""
+
+
+def test_flow_style_pin_is_rewritten_in_place() -> None:
+    new = replace_image_id(FLOW, NEW, Path("demo.yaml"))
+    assert new == FLOW.replace(OLD, NEW)
+
+
+def test_block_style_pin_is_rewritten_in_place_and_comments_survive() -> None:
+    new = replace_image_id(BLOCK, NEW, Path("demo.yaml"))
+    assert new == BLOCK.replace(f"'{OLD}'", f'"{NEW}"')
+    assert "# keep this comment" in new
+    assert "# which image" in new
+
+
+def test_id_first_in_flow_mapping() -> None:
+    text = FLOW.replace(
+        f'{{name: sandbox/demo, id: "{OLD}"}}', f"{{id: {OLD}, name: sandbox/demo}}"
+    )
+    assert f'{{id: "{NEW}", name: sandbox/demo}}' in replace_image_id(text, NEW, Path("demo.yaml"))
+
+
+def test_a_value_that_is_not_an_image_id_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="not an image id"):
+        replace_image_id(FLOW, "sha256:nope", Path("demo.yaml"))
+
+
+def test_a_layout_it_cannot_edit_minimally_is_refused_not_mangled() -> None:
+    anchored = FLOW.replace(
+        f'image: {{name: sandbox/demo, id: "{OLD}"}}',
+        f'image: {{"name": sandbox/demo, "id": "{OLD}"}}',
+    )
+    with pytest.raises(InvalidRequest, match="by hand"):
+        replace_image_id(anchored, NEW, Path("demo.yaml"))
+
+
+def test_names_and_tags() -> None:
+    assert short_name("sandbox/dbt") == "dbt"
+    assert short_name("registry:5000/sandbox/dbt:1.0") == "dbt"
+    assert tagged("sandbox/dbt") == "sandbox/dbt:latest"
+    assert tagged("registry:5000/sandbox/dbt") == "registry:5000/sandbox/dbt:latest"
+    assert tagged("sandbox/dbt:1.0") == "sandbox/dbt:1.0"
+
+
+def _policies(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    for name in ("base", "demo"):
+        (root / "images" / name).mkdir(parents=True)
+        (root / "images" / name / "Dockerfile").write_text("FROM scratch\n")
+    (root / "images" / "demo" / "requirements.lock").write_text("x==1\n")
+    (root / "policies").mkdir()
+    (root / "policies" / "demo.yaml").write_text(FLOW)
+    return root
+
+
+def test_build_plan_is_base_first_then_each_policy_image_once(tmp_path: Path) -> None:
+    root = _policies(tmp_path)
+    policies = load_policy_dir(root / "policies")
+    plans = plan_images(policies, [], root)
+    assert [(p.tag, p.buildargs, p.tools) for p in plans] == [
+        ("sandbox/base:latest", {}, ()),
+        ("sandbox/demo:latest", {"BASE": "sandbox/base:latest"}, ("demo",)),
+    ]
+    side = plan_images(policies, ["demo"], root, prefix="sandbox-fixture/")
+    assert [p.tag for p in side] == ["sandbox-fixture/base:latest", "sandbox-fixture/demo:latest"]
+    assert side[1].buildargs == {"BASE": "sandbox-fixture/base:latest"}
+    with pytest.raises(InvalidRequest, match="unknown tool or image nope"):
+        plan_images(policies, ["nope"], root)
+    env = compose_env(root, ["base", "demo"])
+    assert env["SANDBOX_LOCK_BASE"] == ""
+    assert len(env["SANDBOX_LOCK_DEMO"]) == 64
+    assert set(env) == {
+        "SANDBOX_REVISION_BASE", "SANDBOX_LOCK_BASE", "SANDBOX_REVISION_DEMO", "SANDBOX_LOCK_DEMO",
+    }
