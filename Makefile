@@ -10,7 +10,7 @@ TOOLS := pyairbyte_ingest dbt_transform dagster_orchestrate eda_analyze
 export SANDBOX_POLICY_DIR ?= $(CURDIR)/policies
 
 .PHONY: help engine venv setup base-image testkit-image tool-images images lock-images scan lint \
-        test test-unit test-integration test-tools test-security test-node demo bench clean \
+        test test-unit test-integration test-tools test-security test-node bench-node demo bench clean \
         policy-check policy-audit policy-diff policy-schema
 
 help: ## list the targets
@@ -77,7 +77,10 @@ test-security: venv testkit-image ## attack suite under runc and runsc, fault te
 	$(PYTEST) tests/security -q
 
 test-node: venv testkit-image ## Node.js client tests (node --test) against the real CLI and engine
-	cd clients/node && SANDBOX_PYTHON=$(CURDIR)/$(PY) node --test
+	cd clients/node && node --test
+
+bench-node: venv testkit-image ## p50 per trivial run: runTool vs session vs bare docker SDK
+	cd clients/node && node bench/trivial.js 20
 
 test: setup lint images ## every tier: lint, unit, integration, tools, security, node
 	$(PYTEST) tests/unit tests/integration tests/tools tests/security -q

@@ -8,6 +8,7 @@ container is removed and outputs published or set aside *before* the exit frame 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -15,11 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from . import hostcheck, staging
+from .audit import AuditLog, RunFacts
 from .errors import (
     EXIT_CODES,
     InfrastructureError,
@@ -31,7 +33,7 @@ from .errors import (
     ToolError,
 )
 from .frames import Frame, FrameFactory
-from .policy import LoadedPolicy, authorize, effective_timeout, find_policy
+from .policy import LoadedPolicy, PolicyCache, authorize, effective_timeout
 from .request import Request
 from .runtime import Attachment, ContainerRuntime, ExitState, ResourceUsage
 from .spec import (
@@ -46,6 +48,9 @@ from .spec import (
     build_spec,
 )
 from .stream import FrameAssembler
+
+if TYPE_CHECKING:
+    from .pool import BackgroundRemover, Slot, StartGate, WarmPool
 
 # After the deadline the engine gets this long to report the container's end.
 WAIT_GRACE_S = 15.0
@@ -69,6 +74,11 @@ class Outcome:
     error: SandboxError | None = None
     script_reported_error: bool = False
     partial_outputs: str | None = None
+    # What the audit record needs, filled in as the run gets that far.
+    loaded: LoadedPolicy | None = None
+    spec: ContainerSpec | None = None
+    limits: dict[str, Any] | None = None
+    container_created: bool = False
     memory_peak_bytes: int | None = None
 
     def fail(self, error: SandboxError) -> None:
@@ -191,12 +201,21 @@ class Coordinator:
     poll_s: float = 0.1
     output_poll_s: float = 0.5
     admission: Callable[[int], None] | None = None
+    # Optional: one record per run; when given, a log that cannot be written refuses the run.
+    audit: AuditLog | None = None
+    # Optional (``sandbox serve``): pre-created containers for requests without mounts, and a
+    # remover that takes an exited container's removal off the run's critical path.
+    pool: WarmPool | None = None
+    remover: BackgroundRemover | None = None
+    start_gate: StartGate | None = None
+    # Parsed policies and compiled schemas, reused while a policy file's bytes are unchanged.
+    policies: PolicyCache = field(default_factory=PolicyCache)
 
     def __post_init__(self) -> None:
         if self.owner is None:
             self.owner = hostcheck.current_owner()
         if self.admission is None:
-            self.admission = lambda mb: hostcheck.admit(mb, hostcheck.snapshot())
+            self.admission = lambda mb: hostcheck.admit_waiting(mb, hostcheck.snapshot)
 
     # --- the run ---------------------------------------------------------------------------
 
@@ -211,15 +230,23 @@ class Coordinator:
         frames = FrameFactory(run_id or new_run_id())
         began = self.clock()
         outcome = Outcome()
+        audit_ok = True
         try:
             if isinstance(request, SandboxError):
                 raise request
+            if self.audit is not None:
+                audit_ok = False
+                self.audit.check()  # fail closed: before any engine call
+                audit_ok = True
             yield from self._run(request, frames, outcome, cancel or threading.Event())
         except SandboxError as exc:
             outcome.fail(exc)
         except Exception as exc:  # noqa: BLE001 - a bug must still end the run with an exit frame
             logger.opt(exception=exc).error("internal error in run {}", frames.run_id)
             outcome.fail(InfrastructureError(f"internal error: {type(exc).__name__}: {exc}"))
+        duration = self.clock() - began
+        if audit_ok:
+            self._record(frames.run_id, request, outcome, duration)
         if outcome.error is not None and not (
             outcome.status == "tool_error" and outcome.script_reported_error
         ):
@@ -227,12 +254,49 @@ class Coordinator:
             if outcome.partial_outputs:
                 error["error"]["details"]["partial_outputs"] = outcome.partial_outputs
             yield error
-        yield _exit(frames, outcome, self.clock() - began)
+        yield _exit(frames, outcome, duration)
+
+    def _record(
+        self, run_id: str, request: Request | SandboxError, outcome: Outcome, duration: float
+    ) -> None:
+        """Append the run's audit record; a failure fails an otherwise successful run."""
+        if self.audit is None:
+            return
+        loaded, spec = outcome.loaded, outcome.spec
+        facts = RunFacts(
+            run_id=run_id,
+            request=None if isinstance(request, SandboxError) else request.model_dump(),
+            tool=None if isinstance(request, SandboxError) else request.tool,
+            policy_sha256=loaded.sha256 if loaded else None,
+            image=loaded.policy.image.name if loaded else None,
+            image_id=loaded.policy.image.id if loaded else None,
+            runtime=loaded.policy.runtime if loaded else None,
+            limits=outcome.limits,
+            mounts=tuple((m.source, m.target, m.read_only) for m in spec.mounts) if spec else (),
+            env_keys=tuple(k for k, _ in spec.env) if spec else (),
+            container_created=outcome.container_created,
+            exit_frame={
+                "status": outcome.status,
+                "exit_code": outcome.exit_code,
+                "oom_killed": outcome.oom_killed,
+                "duration_s": round(duration, 3),
+                "outputs": outcome.outputs,
+                "refused": outcome.refused,
+            },
+            error_kind=outcome.error.kind if outcome.error else None,
+        )
+        try:
+            self.audit.record(facts)
+        except SandboxError as exc:
+            logger.error("audit record of run {} not written: {}", run_id, exc)
+            if outcome.error is None:
+                outcome.fail(exc)
 
     def _run(
         self, request: Request, frames: FrameFactory, outcome: Outcome, cancel: threading.Event
     ) -> Iterator[Frame]:
-        loaded = find_policy(self.policy_dir, request.tool)
+        loaded = self.policies.find(self.policy_dir, request.tool)
+        outcome.loaded = loaded
         policy = loaded.policy
         authorize(loaded, request)
         inputs = staging.resolve_inputs(request.inputs, loaded.allowed_roots)
@@ -242,17 +306,25 @@ class Coordinator:
         assert self.admission is not None  # noqa: S101 - set in __post_init__
         self.admission(policy.limits.memory_mb)
         stage = staging.prepare_output(output_dir, frames.run_id) if output_dir else None
+        # Only a request without mounts can take a pre-created container (docs/performance.md).
+        slot = self.pool.claim(loaded) if self.pool and not inputs and stage is None else None
         try:
-            spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s)
+            if slot is not None:
+                # The container's own deadline is the policy's; the watchdog enforces ours.
+                spec = dataclasses.replace(slot.spec, timeout_s=timeout_s)
+            else:
+                spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s)
+            outcome.spec = spec
+            outcome.limits = _effective_limits(spec, loaded, timeout_s)
             yield frames.make(
                 "accepted",
                 tool=policy.tool,
                 image=policy.image.name,
                 image_id=policy.image.id,
                 policy_sha256=loaded.sha256,
-                limits=_effective_limits(spec, loaded, timeout_s),
+                limits=outcome.limits,
             )
-            yield from self._contain(spec, request, frames, outcome, cancel, stage, loaded)
+            yield from self._contain(spec, request, frames, outcome, cancel, stage, loaded, slot)
         finally:
             self._finish_outputs(stage, outcome, loaded)
 
@@ -285,10 +357,13 @@ class Coordinator:
         cancel: threading.Event,
         stage: staging.OutputStaging | None,
         loaded: LoadedPolicy,
+        slot: Slot | None = None,
     ) -> Iterator[Frame]:
-        container_id = self.runtime.create(spec)
+        container_id = slot.container_id if slot is not None else self.runtime.create(spec)
+        outcome.container_created = True
         attachment: Attachment | None = None
         watchdog: Watchdog | None = None
+        exited = False
         try:
             attachment = self.runtime.attach(container_id)
             attachment.send_stdin(_stdin_line(frames.run_id, request, stage is not None))
@@ -296,7 +371,11 @@ class Coordinator:
                 msg = "interrupted before the container started"
                 raise Interrupted(msg)
             deadline = self.clock() + spec.timeout_s
-            self.runtime.start(container_id)
+            if self.start_gate is not None:
+                with self.start_gate.starting():
+                    self.runtime.start(container_id)
+            else:
+                self.runtime.start(container_id)
             yield frames.make("started", container_id=container_id)
             watchdog = Watchdog(
                 kill=lambda: self.runtime.kill(container_id),
@@ -314,6 +393,7 @@ class Coordinator:
             yield from self._stream(attachment, frames, outcome, watchdog, spec)
             watchdog.record_usage()  # a last sample: short runs may end between polls
             state = self.runtime.wait(container_id, WAIT_GRACE_S)
+            exited = True
             watchdog.stop()
             past_deadline = self.clock() >= deadline
             outcome.memory_peak_bytes = watchdog.memory_peak_bytes
@@ -332,7 +412,12 @@ class Coordinator:
                 watchdog.stop()
             if attachment is not None:
                 attachment.close()
-            self._remove(container_id, outcome)
+            if exited and self.remover is not None:
+                # It has exited: nothing can write to its mounts any more, so the exit frame
+                # need not wait for the removal; the remover retries and shutdown waits for it.
+                self.remover.submit(container_id)
+            else:
+                self._remove(container_id, outcome)
 
     def _stream(
         self,

@@ -320,9 +320,20 @@ class DockerRuntime:
         with translated("read the engine's version"):
             version = self.api.version()
             info = self.api.info()
+        runtimes = info.get("Runtimes") or {}
         return EngineInfo(
             version=str(version.get("Version", "?")),
             api_version=str(version.get("ApiVersion", "?")),
-            runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
+            runtimes=tuple(sorted(runtimes.keys())),
             cgroup_version=str(info.get("CgroupVersion", "?")),
+            components=tuple(
+                (str(c.get("Name", "?")), str(c.get("Version", "?")))
+                for c in version.get("Components") or []
+            ),
+            runtime_args=tuple(
+                (name, tuple(str(a) for a in (spec or {}).get("runtimeArgs") or []))
+                for name, spec in sorted(runtimes.items())
+            ),
+            root_dir=str(info.get("DockerRootDir", "")),
+            security_options=tuple(str(o) for o in info.get("SecurityOptions") or []),
         )

@@ -24,6 +24,10 @@ _SCRIPT_ERROR_KINDS = frozenset({"ToolError", "ProtocolError"})
 
 def __getattr__(name: str) -> Any:
     """The frame models and ``decode``, imported from ``frame_models`` on first use."""
+    if name.startswith("__"):
+        # `from .frames import X` probes `__path__`: answering it must not load the models.
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
     from . import frame_models
 
     try:
@@ -37,8 +41,51 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class EncodedFrame(dict[str, Any]):
+    """A frame that already knows its encoded line (the streaming fast path builds the line
+    from the script's own bytes). Any change to the frame forgets the line, so ``encode``
+    can never return a stale one."""
+
+    line: bytes | None = None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.line = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.line = None
+        super().__delitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.line = None
+        super().update(*args, **kwargs)
+
+    def pop(self, *args: Any) -> Any:
+        self.line = None
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, Any]:
+        self.line = None
+        return super().popitem()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.line = None
+        return super().setdefault(key, default)
+
+    def clear(self) -> None:
+        self.line = None
+        super().clear()
+
+    def __ior__(self, other: Any) -> EncodedFrame:  # type: ignore[override,misc]
+        self.line = None
+        super().update(other)
+        return self
+
+
 def encode(frame: Frame) -> bytes:
     """One frame as a UTF-8 line with its newline; lone surrogates become U+FFFD."""
+    if isinstance(frame, EncodedFrame) and frame.line is not None:
+        return frame.line
     text = json.dumps(frame, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     try:
         data = text.encode("utf-8")
@@ -59,6 +106,19 @@ class FrameFactory:
         frame["ts"] = utc_now()
         frame["type"] = type_
         frame.update(fields)
+        self._seq += 1
+        return frame
+
+    def spliced(self, type_: str, payload: Any, raw_payload: bytes) -> EncodedFrame:
+        """A ``data``/``result`` frame whose line reuses ``raw_payload``, the script's own JSON
+        text of ``payload`` (the caller has checked that it is exactly that value, strict and
+        safe to pass on); the envelope is ours, as in ``make``."""
+        head: Frame = {"v": PROTOCOL_VERSION, "run_id": self.run_id, "seq": self._seq}
+        head["ts"] = utc_now()
+        head["type"] = type_
+        frame = EncodedFrame(head, payload=payload)
+        prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+        frame.line = prefix + b',"payload":' + raw_payload + b"}\n"
         self._seq += 1
         return frame
 

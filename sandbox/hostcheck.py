@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
+from loguru import logger
 
 from .errors import InfrastructureError
 from .spec import Owner
 
 # Memory the host keeps for itself and the engine, on top of what runs may claim.
 DEFAULT_RESERVE_MB = 512
+# How long a run waits for memory held by other runs to come back before it is refused.
+ADMISSION_WAIT_S = 30.0
+ADMISSION_POLL_S = 0.5
 
 
 def current_owner() -> Owner:
@@ -65,3 +71,51 @@ def admit(memory_mb: int, host: HostSnapshot, reserve_mb: int = DEFAULT_RESERVE_
             fix="wait for other runs to finish, or lower limits.memory_mb in the policy",
             limit="memory_mb",
         )
+
+
+def admit_waiting(
+    memory_mb: int,
+    take_snapshot: Callable[[], HostSnapshot],
+    reserve_mb: int = DEFAULT_RESERVE_MB,
+    *,
+    wait_s: float = ADMISSION_WAIT_S,
+    poll_s: float = ADMISSION_POLL_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Admit a run once its memory limit fits; wait at most ``wait_s`` for that, then refuse.
+
+    A limit that could never fit (above the host's total less the reserve) is refused at once:
+    waiting would only delay the same answer.
+    """
+    host = take_snapshot()
+    if memory_mb > host.total_memory_mb - reserve_mb:
+        admit(
+            memory_mb,
+            HostSnapshot(host.total_memory_mb, host.total_memory_mb, host.cpu_count),
+            reserve_mb,
+        )
+    give_up = clock() + wait_s
+    waited = False
+    while True:
+        try:
+            admit(memory_mb, host, reserve_mb)
+        except InfrastructureError as exc:
+            if clock() >= give_up:
+                msg = f"{exc.message}; waited {wait_s:g}s for memory to free up"
+                raise InfrastructureError(msg, fix=exc.fix, limit="memory_mb") from None
+            if not waited:
+                logger.info("waiting up to {:g}s for memory: {}", wait_s, exc.message)
+                waited = True
+            sleep(poll_s)
+            host = take_snapshot()
+            continue
+        return
+
+
+def parent_name() -> str | None:
+    """The command name of this process's parent (the caller), for the audit log."""
+    try:
+        return str(psutil.Process(os.getppid()).name())
+    except (psutil.Error, OSError):
+        return None

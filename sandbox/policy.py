@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -310,6 +311,11 @@ def load_policy_dir(directory: Path) -> dict[str, LoadedPolicy]:
 
 def find_policy(directory: Path, tool: str) -> LoadedPolicy:
     """The policy for one tool, reading only its file; PolicyDenied when there is none."""
+    return read_policy(_policy_path(directory, tool))
+
+
+def _policy_path(directory: Path, tool: str) -> Path:
+    """The policy file of one tool; PolicyDenied when there is none."""
     if not TOOL_NAME_RE.fullmatch(tool):
         msg = f"no policy for tool {tool!r}: not a valid tool name"
         raise PolicyDenied(msg, tool=tool)
@@ -321,7 +327,38 @@ def find_policy(directory: Path, tool: str) -> LoadedPolicy:
             tool=tool,
             fix="run `sandbox tools` to list the whitelisted tools",
         )
-    return read_policy(path)
+    return path
+
+
+class PolicyCache:
+    """``find_policy`` for a long-lived coordinator: a file whose bytes hash as before is not
+    parsed again, and keeps its compiled args schema. The file is still read and hashed on
+    every call (microseconds), so an edit takes effect at the next run."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[Path, LoadedPolicy] = {}
+        self._lock = threading.Lock()
+
+    def find(self, directory: Path, tool: str) -> LoadedPolicy:
+        path = _policy_path(directory, tool)
+        try:
+            with path.open("rb") as handle:
+                text = handle.read(MAX_POLICY_BYTES + 1)
+        except OSError as exc:
+            msg = f"cannot read: {exc.strerror}"
+            raise PolicyFileError(msg, path=str(path)) from exc
+        with self._lock:
+            cached = self._by_path.get(path)
+        if cached is not None and cached.sha256 == hashlib.sha256(text).hexdigest():
+            return cached
+        try:
+            loaded = parse_policy(text, path)
+        except UnicodeDecodeError as exc:
+            msg = "not UTF-8 text"
+            raise PolicyFileError(msg, path=str(path)) from exc
+        with self._lock:
+            self._by_path[path] = loaded
+        return loaded
 
 
 # --- authorization (pure) ---------------------------------------------------------------------

@@ -45,6 +45,12 @@ class EngineInfo:
     api_version: str
     runtimes: tuple[str, ...]
     cgroup_version: str
+    # For `sandbox doctor`: component versions (runc, containerd, docker-init), each runtime's
+    # extra arguments, the engine's data directory and its security options.
+    components: tuple[tuple[str, str], ...] = ()
+    runtime_args: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    root_dir: str = ""
+    security_options: tuple[str, ...] = ()
 
 
 class Attachment(Protocol):

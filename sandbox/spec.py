@@ -128,10 +128,15 @@ def container_name(run_id: str) -> str:
     return f"sandbox-{run_id}"
 
 
+LAUNCHER = ("python3", "-I", "-S", "/opt/sandbox/lib/sandbox_launch.py", "--")
+
+
 def wrapped_command(command: list[str], timeout_s: float) -> tuple[str, ...]:
-    """The policy's command under an in-container deadline that holds without the coordinator."""
+    """The policy's command under the launcher (a stacked seccomp filter refusing AF_VSOCK,
+    which older engines' default profile allows) and an in-container deadline that holds even
+    if the coordinator is killed. Both exec, so they cost no extra process."""
     seconds = int(timeout_s + 0.999) + IN_CONTAINER_GRACE_S
-    return ("timeout", "-s", "KILL", f"{seconds}s", *command)
+    return (*LAUNCHER, "timeout", "-s", "KILL", f"{seconds}s", *command)
 
 
 def build_spec(

@@ -245,6 +245,21 @@ def _copy_hashing(src: Path, dst: Path, executable: bool) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _copy_tree(stage: OutputStaging, manifest: Manifest, fresh: Path) -> list[dict[str, object]]:
+    outputs: list[dict[str, object]] = []
+    for rel in manifest.dirs:
+        (fresh / rel).mkdir(mode=0o755)
+    refused_paths = {r["path"] for r in manifest.refused}
+    for rel, _ in manifest.files:
+        if any(rel.startswith(p + "/") for p in refused_paths):
+            continue
+        src_mode = os.lstat(stage.staging / rel).st_mode
+        size, sha = _copy_hashing(stage.staging / rel, fresh / rel, bool(src_mode & 0o111))
+        outputs.append({"path": rel, "bytes": size, "sha256": sha})
+    fresh.chmod(0o755)
+    return outputs
+
+
 def publish(
     stage: OutputStaging, max_bytes: int
 ) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
@@ -260,17 +275,13 @@ def publish(
         raise ResourceLimit(msg, limit="output.max_mb")
     fresh = stage.staging.parent / f"{stage.run_id}.publish"
     fresh.mkdir(mode=0o755)
-    outputs: list[dict[str, object]] = []
-    for rel in manifest.dirs:
-        (fresh / rel).mkdir(mode=0o755)
-    refused_paths = {r["path"] for r in manifest.refused}
-    for rel, _ in manifest.files:
-        if any(rel.startswith(p + "/") for p in refused_paths):
-            continue
-        src_mode = os.lstat(stage.staging / rel).st_mode
-        size, sha = _copy_hashing(stage.staging / rel, fresh / rel, bool(src_mode & 0o111))
-        outputs.append({"path": rel, "bytes": size, "sha256": sha})
-    fresh.chmod(0o755)
+    try:
+        outputs = _copy_tree(stage, manifest, fresh)
+    except BaseException:
+        # E.g. ENOSPC half way: never leave a half-published tree behind (the staging tree
+        # itself is set aside by the caller, intact).
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     if stage.output_dir.is_dir():
         stage.output_dir.rmdir()  # empty, checked before the run
     fresh.rename(stage.output_dir)

@@ -9,15 +9,38 @@ boundary, marked, and the rest of it discarded as it streams, so memory stays bo
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .frames import Frame, FrameFactory, encode, script_fields
 from .request import loads_strict
 
 StreamName = Literal["stdout", "stderr"]
 TRUNCATION_MARK = " …[line truncated]"
+
+# The fast path passes a script's payload bytes through as they are, only in the exact form the
+# in-image runtime writes, and only when re-encoding could not change their meaning:
+_SPLICE_PREFIXES = {b'{"type":"data","payload":': "data", b'{"type":"result","payload":': "result"}
+# ... with no escaped surrogate (the exact path replaces lone ones with U+FFFD).
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _not_strict_json(name: str) -> Any:
+    msg = f"{name} is not valid JSON"
+    raise ValueError(msg)
+
+
+def _finite_float(text: str) -> float:
+    """parse_float for the fast path: a number that overflows to infinity is not strict JSON
+    once decoded, so such a line takes the exact path (which reports it)."""
+    value = float(text)
+    if value - value != 0:
+        msg = f"number {text[:20]} is out of range"
+        raise ValueError(msg)
+    return value
 
 
 @dataclass(frozen=True)
@@ -137,10 +160,36 @@ class FrameAssembler:
         text = line.data.decode("utf-8", "replace")
         return self.fitting_log(stream, text + TRUNCATION_MARK if line.truncated else text)
 
+    def _spliced_frame(self, stripped: bytes) -> Frame | None:
+        """The fast path for the runtime's own data/result lines: the payload text is parsed
+        once (validating it) and passed through, never re-encoded."""
+        type_ = _SPLICE_PREFIXES.get(stripped[:27]) or _SPLICE_PREFIXES.get(stripped[:25])
+        if type_ is None or not stripped.endswith(b"}"):
+            return None
+        raw = stripped[(27 if type_ == "result" else 25) : -1]
+        if b"\\u" in raw and _ESCAPED_SURROGATE.search(raw):
+            return None
+        try:
+            # Strict UTF-8 (no encoded surrogates, no guessing of UTF-16 from NUL bytes), and
+            # the whole rest must be exactly one JSON value: no second "type" or "payload" key
+            # can hide behind it (json.loads refuses trailing data).
+            payload: Any = json.loads(
+                raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_not_strict_json
+            )
+        except (ValueError, RecursionError):
+            return None
+        frame = self.factory.spliced(type_, payload, raw)
+        if frame.line is not None and len(frame.line) > self.frame_max:
+            return self._oversized(frame, type_, ["payload"], len(frame.line))
+        return frame
+
     def _script_frame(self, data: bytes) -> Frame | None:
         stripped = data.strip()
         if not stripped.startswith(b"{"):
             return None
+        spliced = self._spliced_frame(stripped)
+        if spliced is not None:
+            return spliced
         try:
             obj = loads_strict(stripped)
         except (ValueError, RecursionError):
@@ -155,17 +204,21 @@ class FrameAssembler:
         except (ValueError, RecursionError):
             size = self.frame_max + 1
         if size > self.frame_max:
-            # Same seq, new content: the oversized frame is replaced, never split or dropped.
-            for key in fields:
-                del frame[key]
-            frame["type"] = "error"
-            frame["error"] = {
-                "kind": "ProtocolError",
-                "message": f"a {type_} frame of {size} bytes exceeds the {self.frame_max}-byte "
-                "line limit; large data belongs in files under /output",
-                "traceback": [],
-                "details": {"bytes": size, "limit": self.frame_max},
-            }
+            return self._oversized(frame, type_, list(fields), size)
+        return frame
+
+    def _oversized(self, frame: Frame, type_: str, fields: list[str], size: int) -> Frame:
+        """Same seq, new content: the oversized frame is replaced, never split or dropped."""
+        for key in fields:
+            del frame[key]
+        frame["type"] = "error"
+        frame["error"] = {
+            "kind": "ProtocolError",
+            "message": f"a {type_} frame of {size} bytes exceeds the {self.frame_max}-byte "
+            "line limit; large data belongs in files under /output",
+            "traceback": [],
+            "details": {"bytes": size, "limit": self.frame_max},
+        }
         return frame
 
     def fitting_log(self, stream: StreamName, text: str) -> Frame:

@@ -33,6 +33,19 @@ def _engine_error() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs made by tests keep their audit records in a temporary log, not the user's."""
+    if os.environ.get("SANDBOX_AUDIT_LOG"):
+        yield
+        return
+    os.environ["SANDBOX_AUDIT_LOG"] = str(tmp_path_factory.mktemp("state") / "audit.jsonl")
+    try:
+        yield
+    finally:
+        os.environ.pop("SANDBOX_AUDIT_LOG", None)
+
+
 @pytest.fixture(scope="session")
 def engine_error() -> str | None:
     return _engine_error()

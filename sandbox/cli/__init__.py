@@ -51,6 +51,15 @@ def policy_dir(args: argparse.Namespace) -> Path:
     return Path(args.policies or os.environ.get("SANDBOX_POLICY_DIR") or "policies")
 
 
+def audit_log(args: argparse.Namespace) -> Any:
+    """The run audit log: ``--audit-log``, else $SANDBOX_AUDIT_LOG, else the state dir."""
+    from .. import hostcheck
+    from ..audit import AuditLog, caller_info, default_path
+
+    path = Path(args.audit_log) if getattr(args, "audit_log", None) else default_path()
+    return AuditLog(path, caller_info(hostcheck.parent_name()))
+
+
 # --- run --------------------------------------------------------------------------------------
 
 
@@ -141,7 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         request = exc
     cancel = threading.Event()
     _install_interrupt(cancel)
-    coordinator = Coordinator(runtime=DockerRuntime(), policy_dir=policy_dir(args))
+    coordinator = Coordinator(
+        runtime=DockerRuntime(), policy_dir=policy_dir(args), audit=audit_log(args)
+    )
     if not isinstance(request, SandboxError):
         _reap_quietly(coordinator)
     last = write_frames(coordinator.run(request, cancel=cancel), sys.stdout.buffer)
@@ -202,7 +213,24 @@ def cmd_reap(args: argparse.Namespace) -> int:
 # --- wiring -----------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Global options that take a value (the word after them is not the command).
+_GLOBAL_VALUE_OPTIONS = frozenset({"--policies", "--log-format", "--audit-log", "--log-level"})
+# Commands this module owns: their parsing needs none of the other command groups.
+_BUILTIN_COMMANDS = frozenset({"run", "tools", "reap"})
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of argv (the first word that is neither an option nor its value)."""
+    words = iter(argv)
+    for word in words:
+        if word in _GLOBAL_VALUE_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(*, extensions: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sandbox",
         description="Run whitelisted data-tool scripts in hardened, short-lived Docker containers.",
@@ -214,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="policy directory (default $SANDBOX_POLICY_DIR or ./policies)",
     )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="audit log of runs (default $SANDBOX_AUDIT_LOG, else "
+        "$XDG_STATE_HOME/sandbox/audit.jsonl or ~/.local/state/sandbox/audit.jsonl)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("SANDBOX_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -234,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     reap = commands.add_parser("reap", help="remove containers left by coordinators that are gone")
     reap.set_defaults(handler=cmd_reap)
 
-    for register in _extensions():
+    # `sandbox run` is the hot path: importing every command group (reports, scanners, the
+    # server) would cost it tens of milliseconds per call for parsers it never uses.
+    for register in _extensions() if extensions else []:
         register(commands)
     return parser
 
@@ -262,7 +298,7 @@ def _usage_exit(argv: Sequence[str], exc: SandboxError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(extensions=_command_of(argv) not in _BUILTIN_COMMANDS)
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:

@@ -125,7 +125,10 @@ class Context:
                 f"{frame['type']} frame is {len(data)} bytes, over the {self._max}-byte line "
                 "limit; write large data to a file under the output directory instead"
             )
-        self._channel.write(data)
+        # A raw pipe write may be partial (seen under gVisor above 64 KiB): write it all.
+        view = memoryview(data)
+        while view:
+            view = view[self._channel.write(view) :]
         self._channel.flush()
 
     def progress(self, message: str, fraction: float | None = None) -> None:

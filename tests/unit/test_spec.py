@@ -157,8 +157,13 @@ def test_ulimits_no_core_dumps_bounded_files_and_file_size(kwargs: dict[str, Any
     }
 
 
-def test_command_is_a_list_under_an_in_container_deadline(kwargs: dict[str, Any]) -> None:
+def test_command_is_a_list_under_the_launcher_and_a_deadline(kwargs: dict[str, Any]) -> None:
     assert kwargs["command"] == [
+        "python3",
+        "-I",
+        "-S",
+        "/opt/sandbox/lib/sandbox_launch.py",
+        "--",
         "timeout",
         "-s",
         "KILL",

@@ -99,5 +99,8 @@ def test_build_plan_is_base_first_then_each_policy_image_once(tmp_path: Path) ->
     assert env["SANDBOX_LOCK_BASE"] == ""
     assert len(env["SANDBOX_LOCK_DEMO"]) == 64
     assert set(env) == {
-        "SANDBOX_REVISION_BASE", "SANDBOX_LOCK_BASE", "SANDBOX_REVISION_DEMO", "SANDBOX_LOCK_DEMO",
+        "SANDBOX_REVISION_BASE",
+        "SANDBOX_LOCK_BASE",
+        "SANDBOX_REVISION_DEMO",
+        "SANDBOX_LOCK_DEMO",
     }

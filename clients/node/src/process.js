@@ -1,0 +1,99 @@
+// What runTool and SandboxSession share: the sandbox command line, the request object sent to
+// it, a bounded tail of the child's stderr, and stopping a child (SIGTERM, then SIGKILL).
+import path from 'node:path';
+import { stringifyJson } from './json.js';
+
+const STDERR_TAIL_BYTES = 16 * 1024;
+export const KILL_GRACE_MS = 15_000;
+
+/**
+ * `sandboxPath` is a command (default `sandbox` on PATH) or an argv prefix such as
+ * [python, '-m', 'sandbox']; global options go before the sandbox command.
+ */
+export function commandLine({ sandboxPath, policiesDir, logFormat }, commandArgs) {
+  const base = sandboxPath == null ? ['sandbox'] : Array.isArray(sandboxPath) ? [...sandboxPath] : [sandboxPath];
+  if (base.length === 0 || base.some((part) => typeof part !== 'string' || part === '')) {
+    throw new TypeError('sandboxPath must be a command or a non-empty array of strings');
+  }
+  const globals = [];
+  if (policiesDir != null) globals.push('--policies', path.resolve(String(policiesDir)));
+  if (logFormat != null) globals.push('--log-format', logFormat);
+  return { file: base[0], args: [...base.slice(1), ...globals, ...commandArgs] };
+}
+
+/**
+ * The contract's request object for `tool`. Relative input and output paths are resolved
+ * against `cwd` now, so they mean what the caller meant whatever the server's directory.
+ */
+export function buildRequest(tool, request, cwd = process.cwd()) {
+  if (typeof tool !== 'string' || tool === '') throw new TypeError('tool must be a non-empty string');
+  const given = request ?? {};
+  if (typeof given !== 'object' || Array.isArray(given)) throw new TypeError('request must be an object');
+  if ('tool' in given && given.tool !== tool) {
+    throw new TypeError(`request.tool (${given.tool}) differs from tool (${tool})`);
+  }
+  const out = { ...given, tool };
+  if (out.inputs && typeof out.inputs === 'object' && !Array.isArray(out.inputs)) {
+    out.inputs = Object.fromEntries(
+      Object.entries(out.inputs).map(([name, p]) => [name, typeof p === 'string' ? path.resolve(cwd, p) : p]),
+    );
+  }
+  if (typeof out.output_dir === 'string') out.output_dir = path.resolve(cwd, out.output_dir);
+  return out;
+}
+
+export function encodeRequest(request) {
+  return stringifyJson(request);
+}
+
+/** Keeps the last 16 KiB of a stream's text; forwards each line to `onLine` if given. */
+export class StderrTail {
+  constructor(stream, onLine) {
+    this.text = '';
+    let partial = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (chunk) => {
+      this.text = (this.text + chunk).slice(-STDERR_TAIL_BYTES);
+      if (!onLine) return;
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) safely(onLine, line);
+    });
+    stream.on('end', () => {
+      if (onLine && partial) safely(onLine, partial);
+    });
+  }
+
+  describe() {
+    const text = this.text.trim();
+    return text ? `\n--- stderr of sandbox (tail) ---\n${text}` : '';
+  }
+}
+
+function safely(fn, arg) {
+  try {
+    fn(arg);
+  } catch {
+    // a logging hook must not break the run
+  }
+}
+
+/** SIGTERM now (the CLI then removes its containers), SIGKILL if it is still alive later. */
+export function terminate(child, graceMs = KILL_GRACE_MS) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }, graceMs);
+  timer.unref();
+  child.once('exit', () => clearTimeout(timer));
+}
+
+/** Checks a positive finite number of milliseconds (or undefined). */
+export function checkMs(name, value) {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
+    throw new TypeError(`${name} must be a positive number of milliseconds`);
+  }
+  return value;
+}

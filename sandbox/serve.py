@@ -1,0 +1,816 @@
+"""``sandbox serve``: many concurrent runs of one coordinator multiplexed onto JSON-RPC 2.0 over
+stdio (contract section 4; the wire details are in docs/serve.md).
+
+Threads: one reader (stdin lines -> dispatch), one writer (the only one touching stdout), one
+thread per running run, and the caller's, which waits for a stop request and winds down. The
+writer is fed through a buffer bounded in bytes: when the client reads slowly, run threads block
+on it, stop reading their container's attach socket, and the engine throttles the container, so
+memory stays bounded whatever the tools print.
+
+One addition to the contract's messages, needed because runs are concurrent and ``event`` params
+are exactly a frame: before any event of a run the server sends the notification ``run.assigned``
+``{id, run_id, queued}``, which maps the client's request id to the run's id.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+import typing
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol, TypeVar
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import __version__
+from .coordinator import new_run_id, refused_frames
+from .errors import InfrastructureError, Interrupted, InvalidRequest, SandboxError, Status
+from .frames import PROTOCOL_VERSION, Frame, encode
+from .hostcheck import HostSnapshot
+from .policy import load_policy_dir
+from .request import MAX_REQUEST_BYTES, Request, loads_strict, request_from_data
+from .runtime import EngineInfo
+
+# JSON-RPC 2.0 error codes; -32000.. are this server's own (docs/serve.md).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SHUTTING_DOWN = -32000
+QUEUE_FULL = -32001
+UNKNOWN_RUN = -32002
+SANDBOX_ERROR = -32003
+
+# A request object plus the JSON-RPC envelope around it.
+MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES + 64 * 1024
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+DEFAULT_QUEUE = 64
+MEMORY_PER_RUN_MB = 512
+SAMPLES = 1024
+STATUSES: tuple[Status, ...] = typing.get_args(Status)
+
+RpcId = int | str | None
+_EVENT_PREFIX = b'{"jsonrpc":"2.0","method":"event","params":'
+M = TypeVar("M", bound=BaseModel)
+
+
+def default_max_concurrent(host: HostSnapshot) -> int:
+    """One run per core, as long as each can have 512 MiB of the available memory."""
+    return max(1, min(host.cpu_count, host.available_memory_mb // MEMORY_PER_RUN_MB))
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RpcRequest(_Message):
+    """A JSON-RPC 2.0 request (or, without ``id``, a notification) from the client."""
+
+    jsonrpc: Literal["2.0"]
+    """Always "2.0"."""
+    method: str
+    """run, cancel, tools, health, metrics or shutdown."""
+    id: int | str | None = None
+    """Echoed in the response; absent for a notification, which gets no answer."""
+    params: dict[str, Any] | list[Any] | None = None
+    """Named params (an object); ``run`` takes the contract's request object."""
+
+    @property
+    def is_notification(self) -> bool:
+        return "id" not in self.model_fields_set
+
+
+class CancelParams(_Message):
+    run_id: str = Field(min_length=1, max_length=128)
+    """The run to stop, as announced by ``run.assigned`` (or any of its frames)."""
+
+
+class ShutdownParams(_Message):
+    drain: bool = False
+    """Let running and queued runs finish instead of cancelling them."""
+
+
+class NoParams(_Message):
+    """tools, health and metrics take no params."""
+
+
+class RunAssigned(_Message):
+    """Params of the ``run.assigned`` notification, sent before any event of the run."""
+
+    id: int | str | None
+    """The id of the client's ``run`` request."""
+    run_id: str
+    """The id every frame of this run carries."""
+    queued: bool
+    """Whether the run waits for a free slot."""
+
+
+class RpcErrorObject(_Message):
+    """The ``error`` member of a failed response."""
+
+    code: int
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class RpcError(Exception):
+    """A request the server answers with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.body = RpcErrorObject(code=code, message=message, data=data)
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(message)"
+    problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return f"{where}: {problem}"
+
+
+def _params(model: type[M], message: RpcRequest) -> M:
+    raw: Any = {} if message.params in (None, []) else message.params
+    if not isinstance(raw, dict):
+        text = f"{message.method} takes named params (a JSON object)"
+        raise RpcError(INVALID_PARAMS, text)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        text = f"invalid params for {message.method}: {_first_error(exc)}"
+        raise RpcError(INVALID_PARAMS, text) from exc
+
+
+def _echo_id(data: Any) -> RpcId:
+    """The id of an invalid request, when it has a usable one."""
+    candidate = data.get("id") if isinstance(data, dict) else None
+    if isinstance(candidate, bool) or not isinstance(candidate, int | str):
+        return None
+    return candidate
+
+
+# --- the byte streams -------------------------------------------------------------------------
+
+
+def read_lines(stream: BinaryIO, max_bytes: int, chunk: int = 64 * 1024) -> Iterator[bytes | None]:
+    """Lines without their newline, until EOF; ``None`` stands for a line longer than
+    ``max_bytes``, whose bytes are skipped as they arrive (memory stays bounded)."""
+    buf = bytearray()
+    skipping = False
+    while data := stream.read(chunk):
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            if not skipping:
+                buf += data[start:end]
+                yield None if len(buf) > max_bytes else bytes(buf)
+            buf.clear()
+            skipping = False
+            start = end + 1
+        if not skipping:
+            buf += data[start:]
+            if len(buf) > max_bytes:
+                yield None
+                buf.clear()
+                skipping = True
+    if buf and not skipping:
+        yield bytes(buf)
+
+
+class LineWriter:
+    """The only writer of the output stream, fed through a buffer bounded in bytes.
+
+    ``put`` blocks while the buffer is full, so a slow reader slows the producers down instead
+    of growing memory. Once the stream breaks, or the reader is abandoned at shutdown, lines
+    are dropped so that no producer blocks forever.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        max_bytes: int = WRITE_BUFFER_BYTES,
+        on_broken: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._out = out
+        self._max = max_bytes
+        self._on_broken = on_broken
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+        self._dropping = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="serve-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, line: bytes) -> None:
+        with self._cond:
+            # An empty buffer always takes a line, however long, so nothing waits forever.
+            while not self._dropping and self._bytes and self._bytes + len(line) > self._max:
+                self._cond.wait()
+            if self._dropping:
+                return
+            self._lines.append(line)
+            self._bytes += len(line)
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> None:
+        """Write what is buffered, then stop; give up on a reader stuck for ``timeout_s``."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("the client stopped reading; dropping unwritten messages")
+            self.abandon()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._dropping = True
+            self._lines.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._lines and not self._closing:
+                    self._cond.wait()
+                if not self._lines:
+                    return
+                line = self._lines.popleft()
+                self._bytes -= len(line)
+                self._cond.notify_all()
+            self._write(line)
+
+    def _write(self, line: bytes) -> None:
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[self._out.write(view) :]
+            self._out.flush()
+        except (OSError, ValueError) as exc:
+            if not self._dropping:
+                logger.warning("stdout is closed ({}); dropping further messages", exc)
+                self.abandon()
+                self._on_broken()
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Job:
+    """One ``run`` call, from the request to its answer."""
+
+    rpc_id: RpcId
+    run_id: str
+    request: Request | SandboxError
+    received: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    announced: threading.Event = field(default_factory=threading.Event)
+    began: float | None = None
+    accepted_at: float | None = None
+    tool: str | None = None
+    container_up: bool = False
+
+
+def percentile(samples: Iterable[float], q: float) -> float | None:
+    """Nearest-rank percentile; None without samples."""
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+    return round(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1], 4)
+
+
+def _summary(samples: Iterable[float]) -> dict[str, float | None]:
+    values = list(samples)
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "count": len(values)}
+
+
+@dataclass
+class ToolStats:
+    """Per-tool samples, the most recent ``SAMPLES`` of each (bounded memory)."""
+
+    runs: int = 0
+    queue_wait: collections.deque[float] = field(default_factory=lambda: _window())
+    start_latency: collections.deque[float] = field(default_factory=lambda: _window())
+    duration: collections.deque[float] = field(default_factory=lambda: _window())
+
+
+def _window() -> collections.deque[float]:
+    return collections.deque(maxlen=SAMPLES)
+
+
+class Metrics:
+    """Counts and latencies, read off the frames as they pass (no coordinator hook needed).
+
+    Per-tool entries start at the ``accepted`` frame, so only tools that have a policy appear.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._born = clock()
+        self._lock = threading.Lock()
+        self._runs: collections.Counter[str] = collections.Counter({s: 0 for s in STATUSES})
+        self._errors: collections.Counter[str] = collections.Counter()
+        self._rpc_errors: collections.Counter[str] = collections.Counter()
+        self._tools: dict[str, ToolStats] = {}
+        self._containers = 0
+
+    def frame(self, job: Job, frame: Frame) -> None:
+        now = self._clock()
+        with self._lock:
+            kind = frame.get("type")
+            if kind == "accepted":
+                job.tool, job.accepted_at = str(frame.get("tool")), now
+                stats = self._tools.setdefault(job.tool, ToolStats())
+                stats.queue_wait.append((job.began or now) - job.received)
+            elif kind == "started" and job.tool is not None and job.accepted_at is not None:
+                job.container_up = True
+                self._containers += 1
+                self._tools[job.tool].start_latency.append(now - job.accepted_at)
+            elif kind == "error":
+                self._errors[str(frame.get("error", {}).get("kind"))] += 1
+            elif kind == "exit":
+                self._exit(job, frame)
+
+    def _exit(self, job: Job, frame: Frame) -> None:
+        self._runs[str(frame.get("status"))] += 1
+        if job.container_up:
+            job.container_up = False
+            self._containers -= 1
+        if job.tool is not None:
+            stats = self._tools[job.tool]
+            stats.runs += 1
+            stats.duration.append(float(frame.get("duration_s") or 0.0))
+
+    def rpc_error(self, code: int) -> None:
+        with self._lock:
+            self._rpc_errors[str(code)] += 1
+
+    def snapshot(self, **gauges: Any) -> dict[str, Any]:
+        with self._lock:
+            tools = {
+                name: {
+                    "runs": stats.runs,
+                    "queue_wait_s": _summary(stats.queue_wait),
+                    "start_latency_s": _summary(stats.start_latency),
+                    "duration_s": _summary(stats.duration),
+                }
+                for name, stats in sorted(self._tools.items())
+            }
+            return {
+                "uptime_s": round(self._clock() - self._born, 3),
+                **gauges,
+                "active_containers": self._containers,
+                "runs": dict(self._runs),
+                "runs_total": sum(self._runs.values()),
+                "errors": dict(self._errors),
+                "rpc_errors": dict(self._rpc_errors),
+                "tools": tools,
+            }
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """What the server needs of ``Coordinator`` (a fake in unit tests)."""
+
+    policy_dir: Path
+
+    def run(
+        self,
+        request: Request | SandboxError,
+        *,
+        run_id: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Frame]: ...
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_concurrent: int
+    """Runs with a container at once."""
+    queue_max: int = DEFAULT_QUEUE
+    """Runs waiting for a slot; one more is refused with QUEUE_FULL."""
+    shutdown_grace_s: float = 30.0
+    """How long a stop waits for cancelled runs (and then for the client to read)."""
+    write_buffer_bytes: int = WRITE_BUFFER_BYTES
+    """Output waiting for the client, beyond which producers block."""
+
+
+_DEFERRED = object()  # a handler's "the answer comes later"
+
+
+def tool_rows(policy_dir: Path) -> list[dict[str, Any]]:
+    """The whitelisted tools, as ``sandbox tools --json`` lists them."""
+    return [
+        {
+            "tool": name,
+            "description": lp.policy.description,
+            "image": lp.policy.image.name,
+            "image_id": lp.policy.image.id,
+            "runtime": lp.policy.runtime,
+            "network": lp.policy.network,
+            "timeout_s": lp.policy.limits.timeout_s,
+            "memory_mb": lp.policy.limits.memory_mb,
+            "args_schema": lp.policy.args_schema,
+        }
+        for name, lp in sorted(load_policy_dir(policy_dir).items())
+    ]
+
+
+class Server:
+    """JSON-RPC 2.0 over a pair of byte streams, running requests on ``backend``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        stdin: BinaryIO,
+        stdout: BinaryIO,
+        *,
+        options: ServeOptions,
+        engine_info: Callable[[], EngineInfo],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backend = backend
+        self._in = stdin
+        self._opts = options
+        self._engine_info = engine_info
+        self._clock = clock
+        self._writer = LineWriter(
+            stdout,
+            max_bytes=options.write_buffer_bytes,
+            on_broken=lambda: self.request_stop(cancel=True, reason="stdout closed"),
+        )
+        self._metrics = Metrics(clock)
+        # Reentrant: a signal handler may call request_stop while this thread holds the lock.
+        self._lock = threading.Condition(threading.RLock())
+        self._running: dict[str, Job] = {}
+        self._queued: collections.deque[Job] = collections.deque()
+        self._accepting = True
+        self._drain = False
+        self._stop_reason = ""
+        self._stop = threading.Event()
+        self._shutdown_callers: list[RpcId] = []
+        self._methods: dict[str, Callable[[RpcRequest], Any]] = {
+            "run": self._m_run,
+            "cancel": self._m_cancel,
+            "tools": self._m_tools,
+            "health": self._m_health,
+            "metrics": self._m_metrics,
+            "shutdown": self._m_shutdown,
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Serve until EOF, ``shutdown`` or ``request_stop``; every call is answered. Returns 0."""
+        self._writer.start()
+        reader = threading.Thread(target=self._read_loop, name="serve-reader", daemon=True)
+        reader.start()
+        while not self._stop.wait(0.2):  # a timed wait, so signal handlers run promptly
+            pass
+        self._wind_down()
+        return 0
+
+    def request_stop(self, *, cancel: bool, reason: str, eof: bool = False) -> None:
+        """Stop taking runs; ``cancel`` also stops the running and queued ones. EOF after a
+        ``shutdown`` keeps that shutdown's mode (a client closes stdin after asking to drain)."""
+        with self._lock:
+            if eof and self._stop.is_set():
+                return
+            first = not self._stop.is_set()
+            self._accepting = False
+            self._drain = not cancel and (first or self._drain)
+            self._stop_reason = self._stop_reason or reason
+            self._stop.set()
+            self._lock.notify_all()
+
+    def _wind_down(self) -> None:
+        logger.info("stopping ({}): no new runs", self._stop_reason)
+        if not self._wait_for_runs():
+            # Runs blocked on a client that stopped reading cannot remove their containers:
+            # drop the unread output so that they can, and give them one more grace period.
+            logger.warning("runs still busy after {}s; dropping unread output", self._grace)
+            self._writer.abandon()
+            if not self._wait_for_runs():
+                logger.error("runs did not end within {}s; leaving them", 2 * self._grace)
+        with self._lock:
+            callers, self._shutdown_callers = self._shutdown_callers, []
+        for rpc_id in callers:
+            self._respond(rpc_id, {})
+        self._writer.close(self._grace)
+        logger.info("stopped")
+
+    def _wait_for_runs(self) -> bool:
+        """Wait until no run is left: as long as it takes while draining, else cancel them all
+        and wait one grace period at most. True when none is left."""
+        deadline: float | None = None
+        while True:
+            with self._lock:
+                if not self._running and not self._queued:
+                    return True
+                if self._drain:
+                    self._lock.wait(0.2)
+                    continue
+            self._cancel_all()
+            deadline = self._clock() + self._grace if deadline is None else deadline
+            if self._clock() >= deadline:
+                return False
+            with self._lock:
+                self._lock.wait(0.1)
+
+    @property
+    def _grace(self) -> float:
+        return self._opts.shutdown_grace_s
+
+    def _cancel_all(self) -> None:
+        with self._lock:
+            queued = list(self._queued)
+            self._queued.clear()
+            for job in self._running.values():
+                job.cancel.set()
+        for job in queued:
+            self._refuse(job, Interrupted("the server is shutting down; the run never started"))
+
+    # --- reading and dispatch ------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            for line in read_lines(self._in, MAX_MESSAGE_BYTES):
+                self._handle_line(line)
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+            logger.warning("reading stdin failed: {}", exc)
+        self.request_stop(cancel=True, reason="end of stdin", eof=True)
+
+    def _handle_line(self, line: bytes | None) -> None:
+        if line is None:
+            self._error(None, INVALID_REQUEST, f"message longer than {MAX_MESSAGE_BYTES} bytes")
+            return
+        if not line.strip():
+            return
+        try:
+            data = loads_strict(line.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            self._error(None, PARSE_ERROR, f"parse error: {exc}")
+            return
+        if isinstance(data, list):
+            self._error(None, INVALID_REQUEST, "batches are not supported: one message a line")
+            return
+        try:
+            message = RpcRequest.model_validate(data)
+        except ValidationError as exc:
+            self._error(_echo_id(data), INVALID_REQUEST, f"invalid request: {_first_error(exc)}")
+            return
+        self._dispatch(message)
+
+    def _dispatch(self, message: RpcRequest) -> None:
+        handler = self._methods.get(message.method)
+        if message.is_notification:
+            self._dispatch_notification(message, handler)
+            return
+        if handler is None:
+            self._error(message.id, METHOD_NOT_FOUND, f"method not found: {message.method!r}")
+            return
+        try:
+            result = handler(message)
+        except RpcError as exc:
+            self._error(message.id, exc.body.code, exc.body.message, exc.body.data)
+        except SandboxError as exc:
+            self._error(message.id, SANDBOX_ERROR, str(exc), _error_data(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug answers one call and keeps serving
+            logger.opt(exception=exc).error("internal error in {}", message.method)
+            self._error(message.id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
+        else:
+            if result is not _DEFERRED:
+                self._respond(message.id, result)
+
+    def _dispatch_notification(
+        self, message: RpcRequest, handler: Callable[[RpcRequest], Any] | None
+    ) -> None:
+        # Only calls whose answer nobody needs make sense without an id.
+        if handler is None or message.method not in ("cancel", "shutdown"):
+            logger.warning("ignored notification {!r}: it needs an id", message.method)
+            return
+        try:
+            handler(message)
+        except (RpcError, SandboxError) as exc:
+            logger.warning("notification {!r} failed: {}", message.method, exc)
+
+    # --- methods -------------------------------------------------------------------------------
+
+    def _m_run(self, message: RpcRequest) -> object:
+        if not isinstance(message.params, dict):
+            text = "run takes the request object as params: {tool, args, inputs, ...}"
+            raise RpcError(INVALID_PARAMS, text)
+        try:
+            request: Request | SandboxError = request_from_data(message.params)
+        except InvalidRequest as exc:
+            request = exc
+        job = Job(message.id, new_run_id(), request, received=self._clock())
+        if isinstance(request, SandboxError):
+            self._check_accepting()
+            self._announce(job, queued=False)
+            self._refuse(job, request)  # answered like the CLI: error and exit frames
+        else:
+            self._announce(job, queued=self._submit(job))
+        return _DEFERRED
+
+    def _check_accepting(self) -> None:
+        with self._lock:
+            if not self._accepting:
+                text = "the server is shutting down; it takes no new runs"
+                raise RpcError(SHUTTING_DOWN, text)
+
+    def _submit(self, job: Job) -> bool:
+        """Start the job or queue it; True when queued."""
+        with self._lock:
+            self._check_accepting()
+            if len(self._running) < self._opts.max_concurrent:
+                self._start_locked(job)
+                return False
+            if len(self._queued) >= self._opts.queue_max:
+                text = f"the queue is full ({len(self._queued)} runs waiting)"
+                raise RpcError(QUEUE_FULL, text, self._gauges())
+            self._queued.append(job)
+            return True
+
+    def _m_cancel(self, message: RpcRequest) -> dict[str, Any]:
+        run_id = _params(CancelParams, message).run_id
+        with self._lock:
+            running = self._running.get(run_id)
+            queued = next((job for job in self._queued if job.run_id == run_id), None)
+            if queued is not None:
+                self._queued.remove(queued)
+        if running is not None:
+            running.cancel.set()  # the watchdog kills; the run's answer follows removal
+            return {"run_id": run_id, "was": "running"}
+        if queued is not None:
+            self._refuse(queued, Interrupted("cancelled while queued; the run never started"))
+            return {"run_id": run_id, "was": "queued"}
+        text = f"no running or queued run {run_id!r}"
+        raise RpcError(UNKNOWN_RUN, text, {"run_id": run_id})
+
+    def _m_tools(self, message: RpcRequest) -> list[dict[str, Any]]:
+        _params(NoParams, message)
+        return tool_rows(self._backend.policy_dir)
+
+    def _m_health(self, message: RpcRequest) -> object:
+        _params(NoParams, message)
+        # The engine may take its client timeout to answer: never stall the reader on it.
+        answer = threading.Thread(
+            target=lambda: self._respond(message.id, self._health()),
+            name="serve-health",
+            daemon=True,
+        )
+        answer.start()
+        return _DEFERRED
+
+    def _health(self) -> dict[str, Any]:
+        engine: dict[str, Any] = {"reachable": False}
+        try:
+            info = self._engine_info()
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the engine is not usable
+            engine["error"] = str(exc)
+        else:
+            engine = {
+                "reachable": True,
+                "version": info.version,
+                "api_version": info.api_version,
+                "runtimes": list(info.runtimes),
+                "cgroup_version": info.cgroup_version,
+            }
+        with self._lock:
+            accepting = self._accepting
+        return {
+            "ok": bool(engine["reachable"]) and accepting,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "accepting": accepting,
+            "engine": engine,
+        }
+
+    def _m_metrics(self, message: RpcRequest) -> dict[str, Any]:
+        _params(NoParams, message)
+        with self._lock:
+            gauges = self._gauges()
+        return self._metrics.snapshot(**gauges)
+
+    def _gauges(self) -> dict[str, Any]:
+        return {
+            "accepting": self._accepting,
+            "max_concurrent": self._opts.max_concurrent,
+            "queue_max": self._opts.queue_max,
+            "active_runs": len(self._running),
+            "queue_depth": len(self._queued),
+        }
+
+    def _m_shutdown(self, message: RpcRequest) -> object:
+        drain = _params(ShutdownParams, message).drain
+        with self._lock:
+            if not message.is_notification:
+                self._shutdown_callers.append(message.id)
+        self.request_stop(cancel=not drain, reason="shutdown requested")
+        return _DEFERRED
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def _start_locked(self, job: Job) -> None:
+        self._running[job.run_id] = job
+        name = f"serve-run-{job.run_id[:8]}"
+        threading.Thread(target=self._execute, args=(job,), name=name, daemon=True).start()
+
+    def _announce(self, job: Job, *, queued: bool) -> None:
+        try:
+            params = RunAssigned(id=job.rpc_id, run_id=job.run_id, queued=queued)
+            self._notify("run.assigned", params.model_dump())
+        finally:
+            job.announced.set()  # frames of the run may follow only now
+
+    def _execute(self, job: Job) -> None:
+        job.announced.wait()
+        job.began = self._clock()
+        try:
+            frames = self._backend.run(job.request, run_id=job.run_id, cancel=job.cancel)
+            last = self._emit(job, frames)
+        except Exception as exc:  # noqa: BLE001 - the call must still be answered
+            logger.opt(exception=exc).error("run {} failed inside the server", job.run_id)
+            last = None
+        try:
+            if last is None:
+                error = InfrastructureError("internal error: the run ended without an exit frame")
+                last = self._emit(job, refused_frames(error, job.run_id))
+            self._respond(job.rpc_id, last)
+        finally:
+            self._release(job)
+
+    def _refuse(self, job: Job, error: SandboxError) -> None:
+        """Answer a run that never gets a container: error and exit frames, then the exit."""
+        job.announced.wait()
+        self._respond(job.rpc_id, self._emit(job, refused_frames(error, job.run_id)))
+
+    def _emit(self, job: Job, frames: Iterable[Frame]) -> Frame | None:
+        """Send each frame as an ``event``; the exit frame, or None if the run did not end."""
+        last: Frame | None = None
+        for frame in frames:
+            self._metrics.frame(job, frame)
+            self._event(frame)
+            last = frame
+        return last if last is not None and last.get("type") == "exit" else None
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self._running.pop(job.run_id, None)
+            if self._queued and (self._accepting or self._drain):
+                self._start_locked(self._queued.popleft())
+            self._lock.notify_all()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _event(self, frame: Frame) -> None:
+        """An ``event`` notification, spliced around the frame's line: the same bytes as
+        encoding the whole message, without encoding a large payload a second time."""
+        try:
+            line = encode(frame)
+        except ValueError as exc:  # frames are strict JSON; this would be a bug
+            logger.error("could not encode a frame: {}", exc)
+            return
+        self._writer.put(_EVENT_PREFIX + line[:-1] + b"}\n")
+
+    def _notify(self, method: str, params: dict[str, Any]) -> None:
+        self._send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def _respond(self, rpc_id: RpcId, result: Any) -> None:
+        self._send({"jsonrpc": "2.0", "id": rpc_id, "result": result})
+
+    def _error(
+        self, rpc_id: RpcId, code: int, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        self._metrics.rpc_error(code)
+        body = RpcErrorObject(code=code, message=message, data=data)
+        self._send({"jsonrpc": "2.0", "id": rpc_id, "error": body.model_dump(exclude_none=True)})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            line = encode(message)
+        except ValueError as exc:  # frames are strict JSON; this would be a bug
+            logger.error("could not encode a message: {}", exc)
+            return
+        self._writer.put(line)
+
+
+def _error_data(exc: SandboxError) -> dict[str, Any]:
+    details = {k: v if isinstance(v, str | int | float) else str(v) for k, v in exc.details.items()}
+    return {"kind": exc.kind, "status": exc.status, "message": exc.message, "details": details}

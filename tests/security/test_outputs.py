@@ -1,0 +1,63 @@
+"""Hostile outputs: links, FIFOs, sockets, device nodes, setuid bits and cross-mount hard links
+left in /output are never followed or published."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from .conftest import SecurityEnv, assert_exit, assert_host_invariants
+
+pytestmark = pytest.mark.docker
+
+
+def test_link_fifo_socket_and_setuid_tricks_are_refused(security_env: SecurityEnv) -> None:
+    result = security_env.result("output_link_tricks")
+    exit_frame = assert_exit(result, "ok", 0)
+    inside = result.result
+    assert inside["hardlink_from_tmp"] == "EXDEV"
+    assert inside["hardlink_from_input"] == "EXDEV"
+    assert inside["write_input"] in ("EROFS", "EACCES")
+    assert inside["mknod"] == "EPERM"
+    published = {o["path"] for o in exit_frame["outputs"]}
+    assert published == {"ok.txt", "setuid.sh", "evil\nname.txt"}
+    refused = {r["path"]: r["reason"] for r in exit_frame["refused"]}
+    expected = {
+        "fifo": "FIFO",
+        "loop-a": "symbolic link",
+        "loop-b": "symbolic link",
+        "root-link": "symbolic link",
+        "sock": "socket",
+        "sub/shadow-link": "symbolic link",
+        "up-link": "symbolic link",
+    }
+    if security_env.runtime == "runsc":
+        # gVisor keeps FIFOs and sockets inside its own kernel: they never reach the host
+        # directory at all, so there is nothing to refuse.
+        del expected["fifo"], expected["sock"]
+    assert refused == expected
+    out = result.output_dir
+    assert out is not None
+    for path in out.rglob("*"):
+        st = path.lstat()
+        assert not stat.S_ISLNK(st.st_mode), path
+        assert st.st_uid == os.geteuid(), path
+        assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), path
+    assert_host_invariants(security_env, result)
+
+
+def test_symlink_fifo_and_in_tree_hardlink(security_env: SecurityEnv) -> None:
+    result = security_env.result("output_links_fifo_hardlink")
+    exit_frame = assert_exit(result, "ok", 0)
+    assert {o["path"] for o in exit_frame["outputs"]} == {
+        "data/a.csv",
+        "report.txt",
+        "report-hardlink.txt",
+    }
+    expected = {"passwd-link": "symbolic link", "pipe": "FIFO"}
+    if security_env.runtime == "runsc":
+        del expected["pipe"]  # the FIFO stays inside gVisor (see above)
+    assert {r["path"]: r["reason"] for r in exit_frame["refused"]} == expected
+    assert_host_invariants(security_env, result)

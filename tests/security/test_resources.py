@@ -1,0 +1,112 @@
+"""Resource attacks: bombs, fills, exhaustion and runaway time are held by the container's
+limits, reported with the right status, and leave the host as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import SecurityEnv, assert_exit, assert_host_invariants
+
+pytestmark = pytest.mark.docker
+
+MIB = 1024 * 1024
+
+
+def test_fork_bomb_is_held_by_pids_or_memory(security_env: SecurityEnv) -> None:
+    result = security_env.result("fork_bomb")
+    if security_env.runtime == "runc":
+        # The pids cgroup stops fork() itself: the script sees EAGAIN and finishes.
+        assert_exit(result, "ok", 0)
+        assert result.result["children"] <= 64
+        assert result.result["error"] == "Resource temporarily unavailable"
+    else:
+        # gVisor's guest processes are not host tasks, so the host pids limit does not count
+        # them; the memory limit ends the bomb instead.
+        exit_frame = assert_exit(result, "resource_limit", 5)
+        assert exit_frame["oom_killed"] is True
+    assert_host_invariants(security_env, result)
+
+
+def test_thread_bomb_is_held_by_the_pids_limit(security_env: SecurityEnv) -> None:
+    result = security_env.result("thread_bomb")
+    assert_exit(result, "ok", 0)
+    # runc: ~63 threads then EAGAIN. runsc: this gVisor build answers clone3 with EPERM under
+    # --oci-seccomp, so glibc cannot start any thread (reported; held either way).
+    assert result.result["threads"] <= 64
+    assert result.result["error"] == "can't start new thread"
+    assert_host_invariants(security_env, result)
+
+
+def test_memory_bomb_is_oom_killed_as_resource_limit(security_env: SecurityEnv) -> None:
+    result = security_env.result("memory_bomb")
+    if security_env.runtime == "runsc" and result.exit["oom_killed"] is False:
+        # gVisor sometimes kills the task inside the sandbox before the host cgroup's OOM
+        # killer acts, and the engine then reports no OOM: the bomb is still ended (SIGKILL),
+        # but the run can only be classified as a tool failure (docs/security.md).
+        exit_frame = assert_exit(result, "tool_error", 1)
+        assert exit_frame["exit_code"] == 137
+    else:
+        exit_frame = assert_exit(result, "resource_limit", 5)
+        assert exit_frame["oom_killed"] is True
+        assert result.errors[-1]["kind"] == "ResourceLimit"
+    assert_host_invariants(security_env, result)
+
+
+def test_tmpfs_fill_stops_at_its_size_with_enospc(security_env: SecurityEnv) -> None:
+    result = security_env.result("tmpfs_fill")
+    assert_exit(result, "ok", 0)
+    assert result.result["error"] == "ENOSPC"
+    assert result.result["written_mb"] <= 16
+    assert_host_invariants(security_env, result)
+
+
+def test_output_dir_fill_is_stopped_and_nothing_published(security_env: SecurityEnv) -> None:
+    result = security_env.result("output_fill")
+    exit_frame = assert_exit(result, "resource_limit", 5)
+    assert result.output_dir is not None
+    assert not result.output_dir.exists()
+    assert exit_frame["outputs"] == []
+    assert_host_invariants(security_env, result)
+
+
+@pytest.mark.parametrize("case", ["fsize_one_huge_file", "fsize_in_output"])
+def test_one_huge_file_stops_at_rlimit_fsize_with_efbig(
+    security_env: SecurityEnv, case: str
+) -> None:
+    result = security_env.result(case)
+    assert_exit(result, "ok", 0)
+    assert result.result["error"] == "EFBIG"
+    assert result.result["size"] == 8 * MIB  # RLIMIT_FSIZE = output.max_mb
+    assert result.result["limit"] == [8 * MIB, 8 * MIB]
+    assert_host_invariants(security_env, result)
+
+
+def test_inode_exhaustion_in_output_is_stopped_at_the_entry_cap(security_env: SecurityEnv) -> None:
+    result = security_env.result("inode_exhaustion")
+    # The watchdog counts entries in the staging dir and kills the run past 100 000; a slow
+    # runtime may reach the (shorter) deadline first. Either way nothing is published.
+    assert result.exit["status"] in ("resource_limit", "timeout"), result.describe()
+    assert result.returncode in (5, 4)
+    assert result.output_dir is not None
+    assert not result.output_dir.exists()
+    assert_host_invariants(security_env, result)
+
+
+def test_fd_exhaustion_stops_at_nofile_with_emfile(security_env: SecurityEnv) -> None:
+    result = security_env.result("fd_exhaustion")
+    assert_exit(result, "ok", 0)
+    assert result.result["error"] == "EMFILE"
+    assert result.result["nofile"] == [4096, 4096]
+    assert result.result["opened"] <= 4096
+    assert_host_invariants(security_env, result)
+
+
+@pytest.mark.parametrize("case", ["cpu_spin", "sleeper", "sigterm_ignorer"])
+def test_runaway_past_the_deadline_is_killed_on_time(security_env: SecurityEnv, case: str) -> None:
+    result = security_env.result(case)
+    exit_frame = assert_exit(result, "timeout", 4)
+    assert exit_frame["exit_code"] == 137
+    assert result.errors[-1]["kind"] == "Timeout"
+    # A 3 s deadline; generous slack for a loaded 2-core CI box, but no hang.
+    assert exit_frame["duration_s"] < 20
+    assert_host_invariants(security_env, result)

@@ -1,0 +1,106 @@
+"""dagster_orchestrate: the example definitions over the dbt marts, in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import EXAMPLES, RunTool, ToolRun
+from .helpers import assert_progress, assert_refused_before_container
+
+pytestmark = pytest.mark.docker
+
+FAILING_DEFINITIONS = """
+import dagster as dg
+
+
+@dg.asset
+def fine() -> int:
+    return 1
+
+
+@dg.asset
+def broken(fine: int) -> int:
+    raise ValueError("the source table is empty")
+
+
+@dg.asset
+def downstream(broken: int) -> int:
+    return broken
+
+
+defs = dg.Definitions(assets=[fine, broken, downstream])
+"""
+
+
+@pytest.fixture(scope="session")
+def materialize(run_tool: RunTool, dbt_build: ToolRun) -> ToolRun:
+    assert dbt_build.status == "ok", dbt_build.explain()
+    assert dbt_build.output is not None
+    return run_tool(
+        "dagster_orchestrate",
+        {},
+        inputs={
+            "definitions": EXAMPLES / "dagster",
+            "warehouse": dbt_build.output / "dbt.duckdb",
+        },
+        output="dagster",
+    )
+
+
+def test_materializes_every_asset_with_metadata(materialize: ToolRun) -> None:
+    assert materialize.cli.returncode == 0, materialize.explain()
+    result = materialize.result
+    assets = result["assets"]
+    assert set(assets) == {"segment_summary", "top_customers", "sales_report"}
+    assert all(a["status"] == "materialized" for a in assets.values())
+    assert result["steps"] == dict.fromkeys(assets, "success")
+    assert assets["top_customers"]["metadata"]["rows"] == 10
+    assert 1 <= assets["segment_summary"]["metadata"]["segments"] <= 4
+    assert assets["sales_report"]["metadata"]["files"] == [
+        "sales_report.json",
+        "segment_summary.csv",
+    ]
+    assert_progress(materialize, minimum=6)
+
+
+def test_report_asset_wrote_its_files(materialize: ToolRun) -> None:
+    assert materialize.output is not None
+    assert {"sales_report.json", "segment_summary.csv"} <= set(materialize.outputs)
+    report = json.loads((materialize.output / "sales_report.json").read_text())
+    assert len(report["top_customers"]) == 10
+    segments = {row["segment"] for row in report["segments"]}
+    assert segments <= {"mainstream", "premium", "luxury", "unknown"}
+    # Purchases across segments add up to the purchased rows of the 200-user ingest.
+    assert sum(row["products"] for row in report["segments"]) == 100
+
+
+def test_selection_outside_the_schema_is_refused(run_tool: RunTool) -> None:
+    run = run_tool(
+        "dagster_orchestrate",
+        {"select": ["../../etc/passwd"]},
+        inputs={"definitions": EXAMPLES / "dagster"},
+    )
+    assert_refused_before_container(run)
+
+
+def test_failing_asset_reports_the_step_error(run_tool: RunTool, tools_root: Path) -> None:
+    definitions = tools_root / "failing_definitions"
+    definitions.mkdir()
+    (definitions / "definitions.py").write_text(FAILING_DEFINITIONS)
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+    assert run.cli.returncode == 1, run.explain()
+    assert run.status == "tool_error"
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    assert "step broken failed" in error["message"]
+    assert "ValueError: the source table is empty" in error["message"]
+    details = error["details"]
+    assert details["steps"] == {"fine": "success", "broken": "failed"}
+    assert details["assets"]["fine"]["status"] == "materialized"
+    assert details["assets"]["broken"]["status"] == "failed"
+    assert details["assets"]["downstream"]["status"] == "not_run"
+    [failure] = details["failures"]
+    assert "the source table is empty" in failure["stack"] or failure["causes"]

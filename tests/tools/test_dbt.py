@@ -1,0 +1,117 @@
+"""dbt_transform: the example project (mounted read-only) over the ingested DuckDB file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import EXAMPLES, RunTool, ToolRun
+from .helpers import assert_progress, assert_refused_before_container
+
+pytestmark = pytest.mark.docker
+
+MODELS = {
+    "model.shop.stg_users": 200,
+    "model.shop.stg_products": 100,
+    "model.shop.stg_purchases": 200,
+    "model.shop.mart_user_purchases": 200,
+    "model.shop.mart_product_sales": 100,
+}
+
+
+def test_build_runs_every_node_over_the_ingest(dbt_build: ToolRun) -> None:
+    assert dbt_build.cli.returncode == 0, dbt_build.explain()
+    result = dbt_build.result
+    assert result["command"] == "build"
+    assert result["project"] == "shop"
+    nodes = {n["unique_id"]: n for n in result["nodes"]}
+    # Every model built with the expected row count, the seed loaded, every data test passed.
+    for unique_id, rows in MODELS.items():
+        assert nodes[unique_id]["status"] == "success", nodes[unique_id]
+        assert nodes[unique_id]["rows"] == rows, unique_id
+    assert nodes["seed.shop.make_segments"]["rows_affected"] == 34
+    tests = [n for uid, n in nodes.items() if uid.startswith("test.")]
+    assert len(tests) >= 15
+    assert all(t["status"] == "pass" and t["failures"] == 0 for t in tests)
+    assert result["counts"] == {"success": 6, "pass": len(tests)}
+    assert all(n["timing"] and n["execution_time_s"] >= 0 for n in nodes.values())
+    assert_progress(dbt_build, minimum=len(nodes))
+
+
+def test_build_publishes_database_and_artifacts(dbt_build: ToolRun) -> None:
+    assert dbt_build.output is not None
+    outputs = dbt_build.outputs
+    for path in ("dbt.duckdb", "artifacts/run_results.json", "artifacts/manifest.json"):
+        assert path in outputs, sorted(outputs)
+    run_results = json.loads((dbt_build.output / "artifacts/run_results.json").read_text())
+    assert len(run_results["results"]) == len(dbt_build.result["nodes"])
+    manifest = json.loads((dbt_build.output / "artifacts/manifest.json").read_text())
+    assert "model.shop.mart_product_sales" in manifest["nodes"]
+    # The read-only project stayed clean: dbt wrote target/ and logs/ elsewhere.
+    project = EXAMPLES / "dbt_project"
+    assert not (project / "target").exists()
+    assert not (project / "logs").exists()
+
+
+def test_test_command_continues_from_an_earlier_build(
+    run_tool: RunTool, ingest: ToolRun, dbt_build: ToolRun
+) -> None:
+    assert dbt_build.output is not None
+    assert ingest.output is not None
+    run = run_tool(
+        "dbt_transform",
+        {"command": "test", "select": ["marts"]},
+        inputs={
+            "project": EXAMPLES / "dbt_project",
+            "source_db": ingest.output,
+            "base_db": dbt_build.output / "dbt.duckdb",
+        },
+        output="dbt-test",
+    )
+    assert run.cli.returncode == 0, run.explain()
+    nodes = run.result["nodes"]
+    assert nodes, "no tests selected"
+    assert all(n["unique_id"].startswith("test.") and n["status"] == "pass" for n in nodes)
+    assert "test.shop.assert_returns_not_above_purchases" in {n["unique_id"] for n in nodes}
+
+
+def test_unknown_command_is_refused_before_any_container(run_tool: RunTool) -> None:
+    run = run_tool(
+        "dbt_transform",
+        {"command": "deps"},
+        inputs={"project": EXAMPLES / "dbt_project"},
+        output="dbt-bad",
+    )
+    assert_refused_before_container(run)
+
+
+def test_broken_model_fails_naming_the_model(
+    run_tool: RunTool, ingest: ToolRun, tools_root: Path
+) -> None:
+    project = tools_root / "broken_project"
+    shutil.copytree(EXAMPLES / "dbt_project", project)
+    (project / "models" / "marts" / "broken_model.sql").write_text(
+        "select no_such_column from {{ ref('stg_users') }}\n"
+    )
+    assert ingest.output is not None
+    run = run_tool(
+        "dbt_transform",
+        {"command": "build"},
+        inputs={"project": project, "source_db": ingest.output},
+        output="dbt-broken",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    assert run.status == "tool_error"
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    assert "model.shop.broken_model" in error["message"]
+    assert "no_such_column" in error["message"]  # dbt's own (DuckDB binder) error
+    assert error["details"]["failed"] == ["model.shop.broken_model"]
+    assert error["traceback"], "a ToolError carries the script's traceback"
+    statuses = {n["unique_id"]: n["status"] for n in error["details"]["nodes"]}
+    assert statuses["model.shop.stg_users"] == "success"
+    # A failed run publishes nothing (the coordinator sets its staging directory aside).
+    assert run.outputs == {}

@@ -1,0 +1,96 @@
+"""eda_analyze: profile reports of the example CSV and of a dbt mart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import EXAMPLES, RunTool, ToolRun
+from .helpers import assert_progress, assert_refused_before_container
+
+pytestmark = pytest.mark.docker
+
+
+def test_csv_profile_report_and_summary(run_tool: RunTool) -> None:
+    run = run_tool(
+        "eda_analyze",
+        {"format": "csv", "file": "orders.csv", "parse_dates": ["order_date"], "title": "Orders"},
+        inputs={"data": EXAMPLES / "data"},
+        output="eda-csv",
+    )
+    assert run.cli.returncode == 0, run.explain()
+    summary = run.result["summary"]
+    assert summary["rows"] == 300
+    assert summary["columns"] == 11
+    variables = summary["variables"]
+    assert set(variables) >= {"order_id", "order_date", "unit_price", "discount_pct", "note"}
+    assert variables["order_date"]["type"] == "DateTime"
+    assert variables["order_id"]["type"] == "Numeric"
+    assert variables["order_id"]["n_distinct"] == 300
+    # discount_pct is blank in about 30% of the rows (examples/data/orders.csv).
+    assert 0.2 < variables["discount_pct"]["p_missing"] < 0.4
+    assert summary["missing_cells"] > 0
+    assert any(a["type"] == "Missing" and a["column"] == "discount_pct" for a in summary["alerts"])
+    assert sum(summary["types"].values()) == 11
+    # The report and its JSON description were published and are what they claim to be.
+    assert run.output is not None
+    assert {"profile.html", "profile.json"} <= set(run.outputs)
+    html = (run.output / "profile.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert "Orders" in html
+    description = json.loads((run.output / "profile.json").read_text())
+    assert description["table"]["n"] == 300
+    assert_progress(run, minimum=4)
+
+
+def test_duckdb_mart_profile(run_tool: RunTool, dbt_build: ToolRun) -> None:
+    assert dbt_build.output is not None
+    run = run_tool(
+        "eda_analyze",
+        {"format": "duckdb", "table": "marts.mart_user_purchases", "write_json": False},
+        inputs={"data": dbt_build.output / "dbt.duckdb"},
+        output="eda-mart",
+    )
+    assert run.cli.returncode == 0, run.explain()
+    summary = run.result["summary"]
+    assert summary["rows"] == 200
+    assert summary["variables"]["is_loyal"]["type"] == "Boolean"
+    assert set(run.outputs) == {"profile.html"}
+
+
+def test_unsupported_format_is_refused_before_any_container(run_tool: RunTool) -> None:
+    run = run_tool(
+        "eda_analyze", {"format": "xlsx"}, inputs={"data": EXAMPLES / "data"}, output="eda-bad"
+    )
+    assert_refused_before_container(run)
+
+
+def test_missing_table_fails_listing_the_tables(run_tool: RunTool, dbt_build: ToolRun) -> None:
+    assert dbt_build.output is not None
+    run = run_tool(
+        "eda_analyze",
+        {"format": "duckdb", "table": "marts.no_such_table"},
+        inputs={"data": dbt_build.output / "dbt.duckdb"},
+        output="eda-missing",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    assert "marts.no_such_table" in error["message"]
+    assert "marts.mart_user_purchases" in error["details"]["tables"]
+
+
+def test_parquet_profile(run_tool: RunTool) -> None:
+    run = run_tool(
+        "eda_analyze",
+        {"format": "parquet", "max_rows": 120, "write_json": False},
+        inputs={"data": EXAMPLES / "data"},
+        output="eda-parquet",
+    )
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["source"]["file"] == "orders.parquet"
+    summary = run.result["summary"]
+    assert summary["rows"] == 120  # max_rows caps the read
+    # Parquet carries the types: the dates arrive as dates, no parsing needed.
+    assert summary["variables"]["order_date"]["type"] == "DateTime"

@@ -1,0 +1,75 @@
+"""The streaming fast path: a runtime-shaped data/result line is passed through without
+re-encoding, byte for byte what the exact path would have produced, and anything it cannot
+vouch for takes the exact path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sandbox.frames import EncodedFrame, FrameFactory, encode
+from sandbox.stream import FrameAssembler
+
+
+def feed(line: bytes, frame_max: int = 1024 * 1024) -> dict[str, object]:
+    assembler = FrameAssembler(FrameFactory("r"), frame_max=frame_max, stream_cap=1 << 30)
+    (frame,) = assembler.feed("stdout", line + b"\n")
+    return frame
+
+
+def exact(frame: dict[str, object]) -> bytes:
+    return json.dumps(dict(frame), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type":"data","payload":{"i":1,"pad":"' + b"y" * 60000 + b'"}}',
+        b'{"type":"result","payload":[1,2.5,"h\xc3\xa9llo \\u00e9",null,true]}',
+        b'{"type":"data","payload":{"$type":"decimal","value":"12.50"}}',
+    ],
+)
+def test_a_runtime_line_is_spliced_into_exactly_the_bytes_encoding_gives(line: bytes) -> None:
+    frame = feed(line)
+    assert isinstance(frame, EncodedFrame)
+    assert frame.line is not None
+    assert json.loads(frame.line) == dict(frame)
+    assert frame["payload"] == json.loads(line)["payload"]
+    if b"\\u00e9" not in line:
+        assert encode(frame) == exact(frame)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        (b'{"type":"data","payload":1,"type":"exit"}', "log"),  # a second key behind the value
+        (b'{"type":"data","payload":1,"payload":2}', "data"),  # decoded exactly: last one wins
+        (b'{"type":"data","payload":"\\ud800 lone"}', "data"),  # lone surrogate: replaced
+        (b'{"type":"data","payload":NaN}', "log"),
+        (b'{"type":"data","payload":1e999}', "error"),  # overflow: reported as before
+        (b'{"type":"data","payload":"\xed\xa0\x80"}', "data"),  # encoded surrogate: replaced
+        (b'{"type":"data","payload":"a"}   trailing', "log"),
+    ],
+)
+def test_lines_the_fast_path_cannot_vouch_for_take_the_exact_path(line: bytes, kind: str) -> None:
+    frame = feed(line)
+    assert not (isinstance(frame, EncodedFrame) and frame.line is not None)
+    assert frame["type"] == kind
+    json.loads(encode(frame))  # always one valid line
+
+
+def test_a_spliced_frame_over_the_limit_becomes_a_protocol_error_with_the_same_seq() -> None:
+    frame = feed(b'{"type":"data","payload":"' + b"x" * 9000 + b'"}', frame_max=8192)
+    assert frame["type"] == "error"
+    assert frame["error"]["kind"] == "ProtocolError"  # type: ignore[index]
+    assert frame["seq"] == 0
+    assert len(encode(frame)) < 8192
+    assert "payload" not in frame
+
+
+def test_changing_a_spliced_frame_forgets_its_line() -> None:
+    frame = feed(b'{"type":"data","payload":1}')
+    assert isinstance(frame, EncodedFrame)
+    frame["payload"] = 2
+    assert json.loads(encode(frame))["payload"] == 2
