@@ -9,7 +9,7 @@ ADVISORY_DB ?= ../shared/data/pypa-advisory-db
 TOOLS := pyairbyte_ingest dbt_transform dagster_orchestrate eda_analyze
 export SANDBOX_POLICY_DIR ?= $(CURDIR)/policies
 
-.PHONY: help engine venv setup base-image testkit-image tool-images images lock-images scan lint \
+.PHONY: requirements-lock help engine venv setup base-image testkit-image tool-images images lock-images scan lint \
         test test-unit test-integration test-tools test-security test-node bench-node demo bench clean \
         policy-check policy-audit policy-diff policy-schema
 
@@ -45,6 +45,11 @@ lock-images: venv ## pin the local image ids into policies/ (prints the diff to 
 
 scan: venv ## lint, config, filesystem, drift, advisories, SBOMs -> out/images-scan
 	$(SANDBOX) images scan --advisory-db $(ADVISORY_DB) --fail-on $(or $(FAIL_ON),high)
+
+requirements-lock: venv ## regenerate the tool images' lock files (hashes) with uv
+	@for f in images/*/*.in; do \
+	  $(VENV)/bin/uv pip compile -q --generate-hashes --python-version 3.11 --python-platform linux "$$f" -o "$${f%.in}.lock"; \
+	done
 
 lint: venv ## ruff format --check, ruff, mypy --strict, committed policy schema up to date
 	$(VENV)/bin/ruff format --check sandbox tests

@@ -156,8 +156,14 @@ def revision(root: Path, name: str | None = None) -> str:
 
 
 def lock_digest(root: Path, name: str) -> str | None:
-    lock = root / "images" / name / "requirements.lock"
-    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None
+    """One digest over every lock file of the image (pyairbyte has one per venv)."""
+    locks = sorted((root / "images" / name).glob("*.lock"))
+    if not locks:
+        return None
+    digest = hashlib.sha256()
+    for lock in locks:
+        digest.update(lock.name.encode() + b"\0" + lock.read_bytes())
+    return digest.hexdigest()
 
 
 def image_labels(root: Path, name: str, rev: str) -> dict[str, str]:

@@ -23,12 +23,14 @@ STORAGE = Path("/tmp/dagster/storage")
 def _definitions_path(ctx: Context) -> Path:
     mounted = ctx.inputs.get("definitions")
     if mounted is None:
-        raise ToolError("dagster_orchestrate needs an input named 'definitions'")
+        msg = "dagster_orchestrate needs an input named 'definitions'"
+        raise ToolError(msg)
     path = Path(mounted)
     if path.is_dir():
         path = path / str(ctx.args.get("definitions_file", "definitions.py"))
     if not path.is_file():
-        raise ToolError(f"definitions file not found: {path}")
+        msg = f"definitions file not found: {path}"
+        raise ToolError(msg)
     return path
 
 
@@ -39,13 +41,15 @@ def _load_definitions(path: Path) -> Any:
     sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("sandbox_definitions", path)
     if spec is None or spec.loader is None:
-        raise ToolError(f"cannot load {path} as a Python module")
+        msg = f"cannot load {path} as a Python module"
+        raise ToolError(msg)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     found = [v for v in vars(module).values() if isinstance(v, dg.Definitions)]
     if len(found) != 1:
-        raise ToolError(f"{path.name} must define exactly one dagster.Definitions (found {len(found)})")
+        msg = f"{path.name} must define exactly one dagster.Definitions (found {len(found)})"
+        raise ToolError(msg)
     return found[0]
 
 
@@ -82,7 +86,7 @@ class _Progress:
             self.ctx.progress(f"materialized {event.asset_key.to_user_string()}", self._fraction())
 
     def _fraction(self) -> float:
-        return 0.1 + 0.85 * min(self.finished / self.total, 1.0)
+        return round(0.1 + 0.85 * min(self.finished / self.total, 1.0), 3)
 
 
 def _watch(instance: Any, callback: _Progress) -> None:
@@ -104,12 +108,15 @@ def _step_error(event: Any) -> dict[str, Any]:
     causes = []
     cause = error.cause if error is not None else None
     while cause is not None:
-        causes.append(f"{cause.cls_name}: {cause.message.strip()}")
+        causes.append(cause.message.strip())  # already "ValueError: ..."
         cause = cause.cause
+    # Dagster wraps user code errors ("Error occurred while executing op ..."): the innermost
+    # cause is the asset's own exception, the message a caller needs.
+    message = causes[-1] if causes else (error.message.strip() if error else "unknown error")
     return {
         "step": event.step_key,
         "error_class": error.cls_name if error else None,
-        "message": error.message.strip() if error else "unknown error",
+        "message": message,
         "causes": causes,
         "stack": "".join(error.stack) if error else "",
     }
@@ -131,7 +138,8 @@ def main(ctx: Context) -> dict[str, Any]:
     except ToolError:
         raise
     except Exception as exc:
-        raise ToolError(f"loading {definitions_file.name} failed: {type(exc).__name__}: {exc}") from exc
+        msg = f"loading {definitions_file.name} failed: {type(exc).__name__}: {exc}"
+        raise ToolError(msg) from exc
 
     STORAGE.mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.ephemeral(tempdir=str(STORAGE))
@@ -143,15 +151,19 @@ def main(ctx: Context) -> dict[str, Any]:
         try:
             job = defs.resolve_job_def(job_name)
         except Exception as exc:
-            raise ToolError(f"no job named {job_name!r} in {definitions_file.name}") from exc
+            msg = f"no job named {job_name!r} in {definitions_file.name}"
+            raise ToolError(msg) from exc
         total = len(job.graph.node_dict)
         _watch(instance, _Progress(ctx, total))
         ctx.progress(f"running job {job_name}", 0.1)
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False
+        )
     else:
         assets = list(defs.assets or [])
         if not assets:
-            raise ToolError(f"{definitions_file.name} defines no assets; pass 'job' to run a job")
+            msg = f"{definitions_file.name} defines no assets; pass 'job' to run a job"
+            raise ToolError(msg)
         resources = dict(defs.resources or {})
         # Rough step count for the progress fraction (multi-assets count once).
         total = len(selection) if selection else len(assets)
@@ -167,8 +179,11 @@ def main(ctx: Context) -> dict[str, Any]:
                 selection=selection,
                 tags={"sandbox/run_id": ctx.run_id} if ctx.run_id else None,
             )
-        except dg.DagsterInvalidSubsetError as exc:
-            raise ToolError(f"invalid asset selection {selection}: {exc}") from exc
+        except (dg.DagsterInvalidSubsetError, dg.DagsterInvalidDefinitionError) as exc:
+            # An unknown key surfaces as a job that cannot be resolved; the cause says which.
+            reason = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
+            msg = f"invalid asset selection {selection}: {reason}"
+            raise ToolError(msg) from exc
 
     # Per-asset outcome from the run's events.
     assets_out: dict[str, dict[str, Any]] = {}
@@ -191,10 +206,26 @@ def main(ctx: Context) -> dict[str, Any]:
             steps[str(event.step_key)] = "failed"
             failures.append(_step_error(event))
 
+    # Every planned asset gets a status: materialized, failed (its step failed) or not_run (an
+    # upstream step failed). A plain asset's step key is its key path joined with "__".
+    planned = instance.all_logs(
+        result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    )
+    for entry in planned:
+        key = entry.dagster_event.asset_key
+        name = key.to_user_string()
+        if name not in assets_out:
+            state = steps.get("__".join(key.path), "not_run")
+            assets_out[name] = {
+                "status": "failed" if state == "failed" else "not_run",
+                "metadata": {},
+            }
+
     if failures or not result.success:
         first = failures[0] if failures else {"step": None, "message": "run failed"}
+        msg = f"step {first['step']} failed: {first['message']}"
         raise ToolError(
-            f"step {first['step']} failed: {first['message']}",
+            msg,
             {"run_id": result.run_id, "failures": failures, "steps": steps, "assets": assets_out},
         )
     ctx.progress("done", 1.0)

@@ -4,7 +4,8 @@ The project is used in place (``/inputs/project``, read-only); everything dbt wr
 target and log paths to /tmp (the artifacts worth keeping are copied to ``/output/artifacts``),
 the profile is generated in /tmp, and the DuckDB database dbt builds is ``/output/<database>``.
 A DuckDB file from an earlier step (input ``source_db``) is attached read-only under an alias the
-project's sources refer to. dbt runs in-process through ``dbtRunner``: nothing is exec'd from the
+project's sources refer to; the database of an earlier dbt run (input ``base_db``) can be copied in
+as the starting point. dbt runs in-process through ``dbtRunner``: nothing is exec'd from the
 noexec /tmp.
 """
 
@@ -43,39 +44,65 @@ def _project_name_and_profile(project: Path) -> tuple[str, str]:
 
     config_file = project / "dbt_project.yml"
     if not config_file.is_file():
-        raise ToolError(f"no dbt_project.yml in the 'project' input ({project})")
+        msg = f"no dbt_project.yml in the 'project' input ({project})"
+        raise ToolError(msg)
     config = yaml.safe_load(config_file.read_text()) or {}
     name = str(config.get("name") or "project")
     return name, str(config.get("profile") or name)
 
 
-def _source_db_path(ctx: Context) -> Path | None:
-    """The DuckDB file to attach: the `source_db` input itself or one file inside it."""
-    mounted = ctx.inputs.get("source_db")
+def _duckdb_input(ctx: Context, name: str, file_arg: str) -> Path | None:
+    """A DuckDB file input: the input itself, or the file `file_arg` names (default: the only
+    *.duckdb) in an input directory."""
+    mounted = ctx.inputs.get(name)
     if mounted is None:
         return None
     path = Path(mounted)
     if path.is_file():
         return path
-    wanted = ctx.args.get("source_db_file")
+    wanted = ctx.args.get(file_arg)
     if wanted:
         candidate = path / wanted
         if not candidate.is_file():
-            raise ToolError(f"source_db_file {wanted!r} not found in the 'source_db' input")
+            msg = f"{file_arg} {wanted!r} not found in the {name!r} input"
+            raise ToolError(msg)
         return candidate
     found = sorted(path.glob("*.duckdb"))
     if len(found) != 1:
-        raise ToolError(
-            "the 'source_db' input must be a DuckDB file or a directory with exactly one *.duckdb "
-            f"file (found {len(found)}); pass source_db_file to choose",
+        msg = (
+            f"the {name!r} input must be a DuckDB file or a directory with exactly one *.duckdb "
+            f"file (found {len(found)}); pass {file_arg} to choose"
         )
+        raise ToolError(msg)
     return found[0]
 
 
-def _write_profile(profile: str, database: Path, source_db: Path | None, alias: str, threads: int) -> None:
+def _memory_limit_mb() -> int | None:
+    """The container's memory limit (cgroup v2 or v1), in MiB; None when unlimited/unknown."""
+    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 50:  # v1 reports "no limit" as a huge number
+            return int(text) // (1024 * 1024)
+    return None
+
+
+def _write_profile(
+    profile: str, database: Path, source_db: Path | None, alias: str, threads: int
+) -> None:
     import yaml
 
     output: dict[str, Any] = {"type": "duckdb", "path": str(database), "threads": threads}
+    # DuckDB sizes its buffer pool from the host's RAM, not the container's limit: cap it at half
+    # the limit (dbt, Python and the tmpfs share the rest) and let it spill to /tmp instead of
+    # being OOM-killed.
+    limit = _memory_limit_mb()
+    settings: dict[str, Any] = {"temp_directory": str(WORK / "duckdb_tmp")}
+    if limit is not None:
+        settings["memory_limit"] = f"{max(limit // 2, 64)}MB"
+    output["settings"] = settings
     if source_db is not None:
         output["attach"] = [{"path": str(source_db), "alias": alias, "read_only": True}]
     PROFILES.mkdir(parents=True, exist_ok=True)
@@ -124,7 +151,7 @@ class _Progress:
         elif name == "NodeFinished":
             self.done += 1
             info = event.data.node_info
-            fraction = 0.1 + 0.85 * self.done / self.total if self.total else None
+            fraction = round(0.1 + 0.85 * self.done / self.total, 3) if self.total else None
             self.ctx.progress(f"{info.unique_id}: {info.node_status}", fraction)
 
 
@@ -142,9 +169,32 @@ def _nodes(run_results: dict[str, Any]) -> list[dict[str, Any]]:
                 "failures": item.get("failures"),
                 "message": item.get("message"),
                 "relation_name": item.get("relation_name"),
+                "rows": None,  # filled for built models and seeds by _count_rows
             }
         )
     return nodes
+
+
+def _count_rows(database: Path, nodes: list[dict[str, Any]]) -> None:
+    """Fill `rows` for built models and seeds: dbt-duckdb reports no rows_affected for tables."""
+    built = [
+        n for n in nodes if n["relation_name"] and n["unique_id"].split(".")[0] in ("model", "seed")
+    ]
+    if not built or not database.exists():
+        return
+    import duckdb
+
+    try:
+        # Same process as dbt: DuckDB's instance cache hands back the database dbt opened.
+        with duckdb.connect(str(database)) as con:
+            for node in built:
+                if node["status"] == "success":
+                    # relation_name is dbt's own quoted identifier from run_results.json.
+                    sql = f"select count(*) from {node['relation_name']}"  # noqa: S608
+                    row = con.execute(sql).fetchone()
+                    node["rows"] = int(row[0]) if row else None
+    except duckdb.Error as exc:  # counting is a courtesy; never fail a successful run on it
+        print(f"row counts unavailable: {exc}")
 
 
 def _copy_artifacts(output_dir: Path) -> list[str]:
@@ -163,9 +213,11 @@ def _copy_artifacts(output_dir: Path) -> list[str]:
 
 def main(ctx: Context) -> dict[str, Any]:
     if "project" not in ctx.inputs:
-        raise ToolError("dbt_transform needs an input named 'project' (the dbt project directory)")
+        msg = "dbt_transform needs an input named 'project' (the dbt project directory)"
+        raise ToolError(msg)
     if ctx.output_dir is None:
-        raise ToolError("dbt_transform needs an output directory for its database and artifacts")
+        msg = "dbt_transform needs an output directory for its database and artifacts"
+        raise ToolError(msg)
     project = Path(ctx.inputs["project"])
     output_dir = Path(ctx.output_dir)
     database = output_dir / str(ctx.args.get("database", "dbt.duckdb"))
@@ -173,12 +225,18 @@ def main(ctx: Context) -> dict[str, Any]:
 
     ctx.progress("preparing profile", 0.02)
     name, profile = _project_name_and_profile(project)
-    source_db = _source_db_path(ctx)
+    source_db = _duckdb_input(ctx, "source_db", "source_db_file")
+    # Each run writes a fresh database; `base_db` (the database of an earlier dbt run) is copied
+    # in first so `test`, incremental models or a partial `run` can continue from it.
+    base_db = _duckdb_input(ctx, "base_db", "base_db_file")
+    if base_db is not None:
+        ctx.progress(f"copying {base_db.name} to start from", 0.03)
+        shutil.copyfile(base_db, database)
     alias = str(ctx.args.get("source_alias", "source_db"))
     _write_profile(profile, database, source_db, alias, int(ctx.args.get("threads", 1)))
     # Projects may read this in dbt_project.yml (packages-install-path) so `dbt deps` output and
     # installed packages never land in the read-only project.
-    os.environ["DBT_PACKAGES_INSTALL_PATH"] = str(WORK / "dbt_packages")
+    os.environ.setdefault("DBT_PACKAGES_INSTALL_PATH", str(WORK / "dbt_packages"))
 
     from dbt.cli.main import dbtRunner  # heavy import, after the cheap checks
 
@@ -190,17 +248,24 @@ def main(ctx: Context) -> dict[str, Any]:
     results_file = TARGET / "run_results.json"
     run_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     nodes = _nodes(run_results)
-    failed = [n for n in nodes if n["status"] in FAILED]
+    # Failed models/seeds first: a broken model also errors the tests that touch it.
+    failed = sorted(
+        (n for n in nodes if n["status"] in FAILED),
+        key=lambda n: str(n["unique_id"]).startswith("test."),
+    )
+    _count_rows(database, nodes)
 
     if outcome.exception is not None:
+        msg = f"dbt {command} failed: {type(outcome.exception).__name__}: {outcome.exception}"
         raise ToolError(
-            f"dbt {command} failed: {type(outcome.exception).__name__}: {outcome.exception}",
+            msg,
             {"nodes": nodes, "artifacts": copied},
         ) from outcome.exception
     if failed or not outcome.success:
         summary = "; ".join(f"{n['unique_id']} ({n['status']}): {n['message']}" for n in failed)
+        msg = f"dbt {command} failed: {summary or 'see artifacts/dbt.log'}"
         raise ToolError(
-            f"dbt {command} failed: {summary or 'see artifacts/dbt.log'}",
+            msg,
             {"failed": [n["unique_id"] for n in failed], "nodes": nodes, "artifacts": copied},
         )
 

@@ -1,4 +1,4 @@
-"""eda_analyze: profile a CSV, Parquet or DuckDB table with ydata-profiling.
+"""eda_analyze: profile a CSV, Parquet or DuckDB table with fg-data-profiling (ydata-profiling).
 
 Writes an HTML report (minimal mode: no correlations or interactions, which grow quadratically
 with the columns) and, optionally, the full JSON description to the output directory, and returns
@@ -13,7 +13,11 @@ from typing import Any
 
 from sandbox_runtime import Context, ToolError, run
 
-SUFFIXES = {"csv": (".csv", ".tsv", ".txt"), "parquet": (".parquet", ".pq"), "duckdb": (".duckdb", ".db")}
+SUFFIXES = {
+    "csv": (".csv", ".tsv", ".txt"),
+    "parquet": (".parquet", ".pq"),
+    "duckdb": (".duckdb", ".db"),
+}
 # A table name: `table` or `schema.table` (or `catalog.schema.table`), plain identifiers only: the
 # name is interpolated into SQL, so the policy's pattern and this check both keep it to that.
 TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
@@ -22,7 +26,8 @@ TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
 def _data_file(ctx: Context, fmt: str) -> Path:
     mounted = ctx.inputs.get("data")
     if mounted is None:
-        raise ToolError("eda_analyze needs an input named 'data' (a file or a directory)")
+        msg = "eda_analyze needs an input named 'data' (a file or a directory)"
+        raise ToolError(msg)
     path = Path(mounted)
     if path.is_file():
         return path
@@ -30,22 +35,28 @@ def _data_file(ctx: Context, fmt: str) -> Path:
     if wanted:
         candidate = path / wanted
         if not candidate.is_file():
-            raise ToolError(f"file {wanted!r} not found in the 'data' input")
+            msg = f"file {wanted!r} not found in the 'data' input"
+            raise ToolError(msg)
         return candidate
     found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES[fmt])
     if len(found) != 1:
+        msg = f"the 'data' input holds {len(found)} {fmt} files; pass 'file' to choose one"
         raise ToolError(
-            f"the 'data' input holds {len(found)} {fmt} files; pass 'file' to choose one",
+            msg,
             {"found": [p.name for p in found][:50]},
         )
     return found[0]
 
 
-def _read(path: Path, fmt: str, table: str | None, max_rows: int, sep: str) -> Any:
+def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
     import pandas as pd
 
     if fmt == "csv":
-        return pd.read_csv(path, sep=sep, nrows=max_rows)
+        # Dates stay text unless named: pandas' guessing is slow and silently wrong on mixed data.
+        parse_dates = list(args.get("parse_dates") or []) or False
+        return pd.read_csv(
+            path, sep=str(args.get("sep", ",")), nrows=max_rows, parse_dates=parse_dates
+        )
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -64,20 +75,29 @@ def _read(path: Path, fmt: str, table: str | None, max_rows: int, sep: str) -> A
         return pa.Table.from_batches(batches).slice(0, max_rows).to_pandas()
     import duckdb
 
+    table = args.get("table")
     if not table:
-        raise ToolError("format 'duckdb' needs 'table' (e.g. main.mart_users)")
+        msg = "format 'duckdb' needs 'table' (e.g. main.mart_users)"
+        raise ToolError(msg)
     if not TABLE.match(table):
-        raise ToolError(f"invalid table name {table!r}")
+        msg = f"invalid table name {table!r}"
+        raise ToolError(msg)
     quoted = ".".join(f'"{part}"' for part in table.split("."))
     # read_only: the input is mounted read-only and DuckDB must not try to write a WAL next to it.
     with duckdb.connect(str(path), read_only=True) as con:
         try:
-            return con.execute(f"SELECT * FROM {quoted} LIMIT {int(max_rows)}").df()
+            # `quoted` is built from identifiers checked against TABLE above; LIMIT is an int.
+            sql = f"SELECT * FROM {quoted} LIMIT {int(max_rows)}"  # noqa: S608
+            return con.execute(sql).df()
         except duckdb.CatalogException as exc:
-            tables = [".".join(r) for r in con.execute(
-                "SELECT table_schema, table_name FROM information_schema.tables ORDER BY 1, 2"
-            ).fetchall()]
-            raise ToolError(f"table {table!r} not found in {path.name}", {"tables": tables[:100]}) from exc
+            tables = [
+                ".".join(r)
+                for r in con.execute(
+                    "SELECT table_schema, table_name FROM information_schema.tables ORDER BY 1, 2"
+                ).fetchall()
+            ]
+            msg = f"table {table!r} not found in {path.name}"
+            raise ToolError(msg, {"tables": tables[:100]}) from exc
 
 
 def _summary(description: Any, frame: Any) -> dict[str, Any]:
@@ -113,19 +133,21 @@ def _summary(description: Any, frame: Any) -> dict[str, Any]:
 
 def main(ctx: Context) -> dict[str, Any]:
     if ctx.output_dir is None:
-        raise ToolError("eda_analyze needs an output directory for its report")
+        msg = "eda_analyze needs an output directory for its report"
+        raise ToolError(msg)
     args = ctx.args
     fmt = str(args.get("format", "csv"))
     path = _data_file(ctx, fmt)
     max_rows = int(args.get("max_rows", 1_000_000))
 
     ctx.progress(f"reading {path.name} ({fmt})", 0.05)
-    frame = _read(path, fmt, args.get("table"), max_rows, str(args.get("sep", ",")))
+    frame = _read(path, fmt, args, max_rows)
     if frame.shape[1] == 0:
-        raise ToolError(f"{path.name} has no columns")
+        msg = f"{path.name} has no columns"
+        raise ToolError(msg)
     ctx.progress(f"read {len(frame)} rows x {frame.shape[1]} columns", 0.2)
 
-    from ydata_profiling import ProfileReport  # heavy import (matplotlib, scipy), after the read
+    from data_profiling import ProfileReport  # heavy import (matplotlib, scipy), after the read
 
     title = str(args.get("title") or f"Profile of {args.get('table') or path.name}")
     report = ProfileReport(frame, title=title, minimal=True, progress_bar=False)
@@ -142,7 +164,12 @@ def main(ctx: Context) -> dict[str, Any]:
         written.append(json_path.name)
     ctx.progress("done", 1.0)
     return {
-        "source": {"file": path.name, "format": fmt, "table": args.get("table"), "max_rows": max_rows},
+        "source": {
+            "file": path.name,
+            "format": fmt,
+            "table": args.get("table"),
+            "max_rows": max_rows,
+        },
         "report": html.name,
         "files": written,
         "summary": _summary(description, frame),
