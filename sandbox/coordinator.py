@@ -412,9 +412,10 @@ class Coordinator:
                 watchdog.stop()
             if attachment is not None:
                 attachment.close()
-            if exited and self.remover is not None:
-                # It has exited: nothing can write to its mounts any more, so the exit frame
-                # need not wait for the removal; the remover retries and shutdown waits for it.
+            if exited and self.remover is not None and watchdog and watchdog.reason is None:
+                # It ended on its own: nothing can write to its mounts any more, so the exit
+                # frame need not wait for the removal; the remover retries and shutdown waits
+                # for it. A killed run (timeout, cancel, limits) still answers after removal.
                 self.remover.submit(container_id)
             else:
                 self._remove(container_id, outcome)

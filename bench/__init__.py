@@ -1,0 +1,1 @@
+"""Performance benchmarks of the coordinator against the bare docker SDK (``make bench``)."""

@@ -1,0 +1,187 @@
+"""The coordinator as callers use it: ``sandbox run`` one process per call, and one long-lived
+``sandbox serve`` spoken to over JSON-RPC. Output is read in large chunks and parsed only where
+the answer needs it, so the bench's own CPU stays off the measured path as far as possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESPONSE_PREFIX = b'{"jsonrpc":"2.0","id":'
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seconds: float
+    status: str
+    bytes: int
+    peak_rss_kb: int = 0
+
+
+def _sandbox_argv(policies: Path) -> list[str]:
+    return [sys.executable, "-m", "sandbox", "--policies", str(policies)]
+
+
+def run_once(policies: Path, args: dict[str, Any], env: dict[str, str]) -> Outcome:
+    """``sandbox run testkit --args …``: wall time from spawn to exit, peak RSS of the process."""
+    argv = [*_sandbox_argv(policies), "run", "testkit", "--args", json.dumps(args)]
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    total, tail = 0, b""
+    while data := proc.stdout.read(1 << 16):
+        total += len(data)
+        tail = (tail + data)[-4096:]
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - began
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    last = json.loads(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    return Outcome(seconds, str(last.get("status")), total, usage.ru_maxrss)
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] | None = None
+    bytes: int = 0
+    began: float = 0.0
+    ended: float = 0.0
+
+
+class ServeClient:
+    """One ``sandbox serve`` process; ``call`` blocks until the answer of that request."""
+
+    def __init__(self, policies: Path, env: dict[str, str], max_concurrent: int = 4) -> None:
+        argv = [*_sandbox_argv(policies), "serve", "--max-concurrent", str(max_concurrent)]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+        )
+        self._lock = threading.Lock()
+        self._next = 0
+        self._pending: dict[int, _Pending] = {}
+        self._by_run: dict[str, _Pending] = {}
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(RESPONSE_PREFIX):
+                message = json.loads(line)
+                with self._lock:
+                    pending = self._pending.pop(message["id"], None)
+                if pending is not None:
+                    pending.ended = time.perf_counter()
+                    pending.result = message.get("result") or {"error": message.get("error")}
+                    pending.done.set()
+            elif line.startswith(b'{"jsonrpc":"2.0","method":"run.assigned"'):
+                params = json.loads(line)["params"]
+                with self._lock:
+                    pending = self._pending.get(params["id"])
+                    if pending is not None:
+                        self._by_run[params["run_id"]] = pending
+            else:
+                # Events: counted, not parsed (the run id sits at a fixed place in the frame).
+                marker = line.find(b'"run_id":"')
+                if marker >= 0:
+                    run_id = line[marker + 10 : marker + 42].decode()
+                    with self._lock:
+                        target = self._by_run.get(run_id)
+                    if target is not None:
+                        target.bytes += len(line)
+
+    def submit(self, method: str, params: dict[str, Any] | None = None) -> _Pending:
+        with self._lock:
+            self._next += 1
+            rpc_id = self._next
+            pending = _Pending(began=time.perf_counter())
+            self._pending[rpc_id] = pending
+        message = {"jsonrpc": "2.0", "id": rpc_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        assert self.proc.stdin is not None
+        with self._lock:
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+        return pending
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        pending = self.submit(method, params)
+        if not pending.done.wait(600):
+            msg = f"no answer to {method} within 600 s"
+            raise TimeoutError(msg)
+        assert pending.result is not None
+        return pending.result
+
+    def run(self, args: dict[str, Any]) -> Outcome:
+        pending = self.submit("run", {"tool": "testkit", "args": args})
+        pending.done.wait(600)
+        result = pending.result or {}
+        return Outcome(pending.ended - pending.began, str(result.get("status")), pending.bytes)
+
+    def wait_ready(self) -> None:
+        self.call("health")
+
+    def close(self) -> int:
+        try:
+            self.call("shutdown")
+        finally:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        return self.proc.wait(120)
+
+
+def proc_stats(pid: int) -> dict[str, int]:
+    """Open fds, threads, current and peak RSS (KiB) of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+
+    def kib(key: str) -> int:
+        return int(fields[key].split()[0])
+
+    return {
+        "fds": sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir()),
+        "threads": int(fields["Threads"]),
+        "rss_kb": kib("VmRSS"),
+        "hwm_kb": kib("VmHWM"),
+    }
+
+
+def in_flight(total: int, width: int, start_one: Callable[[], Callable[[], bool]]) -> float:
+    """Keep ``width`` runs going until ``total`` are done; runs per second.
+
+    ``start_one`` starts a run and returns a poll function (True once the run is done).
+    """
+    began = time.perf_counter()
+    started, done = 0, 0
+    live: list[Callable[[], bool]] = []
+    while done < total:
+        while len(live) < width and started < total:
+            live.append(start_one())
+            started += 1
+        still = [poll for poll in live if not poll()]
+        done += len(live) - len(still)
+        live = still
+        time.sleep(0.002)
+    return total / (time.perf_counter() - began)

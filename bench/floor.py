@@ -1,0 +1,82 @@
+"""The floor: the bare docker SDK doing the same work as one run, with the same hardening.
+
+create (the very kwargs ``build_spec(...).create_kwargs()`` gives the coordinator) -> attach the
+raw socket (``logs=0``, before start) -> write the request line to stdin -> start -> read the
+attach socket to EOF without parsing it -> wait -> remove. Nothing of ``sandbox`` runs on the
+clock except ``build_spec``, a pure function of a few microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.models.containers import (  # type: ignore[attr-defined]
+    _create_container_args,
+)
+
+from sandbox.policy import LoadedPolicy
+from sandbox.spec import Owner, build_spec
+
+RECV = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Cycle:
+    seconds: float
+    bytes: int
+
+
+class Floor:
+    """Bare SDK lifecycles on one low-level client (connection reused, as a server would)."""
+
+    def __init__(self, loaded: LoadedPolicy, owner: Owner) -> None:
+        self.api = docker.APIClient(version="auto")
+        self.loaded = loaded
+        self.owner = owner
+
+    def close(self) -> None:
+        self.api.close()
+
+    def kwargs(self) -> dict[str, Any]:
+        run_id = uuid.uuid4().hex
+        policy = self.loaded.policy
+        spec = build_spec(
+            policy,
+            run_id=run_id,
+            policy_sha256=self.loaded.sha256,
+            inputs={},
+            staging_dir=None,
+            timeout_s=policy.limits.timeout_s,
+            owner=self.owner,
+            deadline=time.time() + policy.limits.timeout_s,
+        )
+        args = _create_container_args({**spec.create_kwargs(), "version": self.api.api_version})
+        return dict(args)
+
+    def once(self, args: dict[str, Any]) -> Cycle:
+        """One full lifecycle; returns its wall time and the raw bytes read from the socket."""
+        line = json.dumps({"run_id": "floor", "args": args, "inputs": {}, "output_dir": None})
+        began = time.perf_counter()
+        container = self.api.create_container(**self.kwargs())["Id"]
+        try:
+            params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+            raw = self.api.attach_socket(container, params=params)
+            sock: socket.socket = raw._sock if hasattr(raw, "_sock") else raw
+            sock.settimeout(None)
+            sock.sendall(line.encode() + b"\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.api.start(container)
+            total = 0
+            while data := sock.recv(RECV):
+                total += len(data)
+            sock.close()
+            self.api.wait(container)
+        finally:
+            self.api.remove_container(container, force=True, v=True)
+        return Cycle(time.perf_counter() - began, total)

@@ -1,0 +1,436 @@
+"""``make bench``: the coordinator against the bare docker SDK on the testkit image, side by side.
+
+Measures, in one process and interleaved round by round (so load changes hit every variant
+alike): trivial runs (median, p90) for the floor, ``sandbox run``, ``sandbox serve`` and serve
+with the warm pool, under runc and runsc; 50 and 200 MiB frame streams (MB/s, coordinator peak
+RSS); 2 and 4 runs in flight (runs/s); and a long sequence through one server (fds, threads,
+RSS at start vs end, containers left). Prints a markdown table of ratios to the floor and
+writes the numbers as JSON (bench/results/latest.json). Method: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402 - after the path fix, so `python bench/run.py` finds the package
+import yaml  # noqa: E402
+
+from bench.drivers import ServeClient, in_flight, proc_stats, run_once  # noqa: E402
+from bench.floor import Floor  # noqa: E402
+from sandbox.hostcheck import current_owner  # noqa: E402
+from sandbox.policy import read_policy  # noqa: E402
+
+TRIVIAL = {"case": "echo"}
+FRAME_BYTES = 60_040  # one `frame_flood` data line: {"type":"data","payload":{"i":…,"pad":60000}}
+
+
+def flood_args(mib: int) -> dict[str, Any]:
+    return {"case": "frame_flood", "count": mib * 1024 * 1024 // FRAME_BYTES}
+
+
+def p(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"p50": statistics.median(values), "p90": p(values, 90), "n": len(values)}
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# --- setup ------------------------------------------------------------------------------------
+
+
+def write_policies(base: Path, name: str, *, warm: int, runtime: str) -> Path:
+    """A private policy dir: testkit pinned to the local image, limits raised for the streams."""
+    data = yaml.safe_load((ROOT / "policies" / "testkit.yaml").read_text())
+    client = docker.from_env(version="auto")
+    data["image"]["id"] = client.images.get(data["image"]["name"]).id
+    client.close()
+    data["inputs"]["allowed_roots"] = []
+    data["limits"].update(stdout_mb=1024, timeout_s=300)
+    data["runtime"] = runtime
+    data["pool"] = {"warm": warm}
+    directory = base / name
+    directory.mkdir()
+    (directory / "testkit.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return directory
+
+
+class Bench:
+    def __init__(self, opts: argparse.Namespace, work: Path) -> None:
+        self.opts = opts
+        self.work = work
+        self.env = {
+            **os.environ,
+            "SANDBOX_AUDIT_LOG": str(work / "audit.jsonl"),
+            "SANDBOX_LOG_LEVEL": "WARNING",
+        }
+        self.results: dict[str, Any] = {}
+        self.policies = {
+            "runc": write_policies(work, "runc", warm=0, runtime="runc"),
+            "runc-pool": write_policies(work, "runc-pool", warm=opts.warm, runtime="runc"),
+            "runsc": write_policies(work, "runsc", warm=0, runtime="runsc"),
+            "runsc-pool": write_policies(work, "runsc-pool", warm=opts.warm, runtime="runsc"),
+        }
+        owner = current_owner()
+        self.floors = {
+            rt: Floor(read_policy(self.policies[rt] / "testkit.yaml"), owner)
+            for rt in ("runc", "runsc")
+        }
+
+    def log(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')} load {loadavg():.2f}] {text}", file=sys.stderr)
+
+    # --- trivial runs ---------------------------------------------------------------------
+
+    def trivial(self) -> None:
+        n = self.opts.n
+        variants: dict[str, Callable[[], float]] = {}
+        servers: list[ServeClient] = []
+        for rt in self.opts.runtimes:
+            floor = self.floors[rt]
+            variants[f"floor/{rt}"] = functools.partial(_floor_seconds, floor)
+            for pool in ("", "-pool"):
+                server = ServeClient(self.policies[rt + pool], self.env)
+                server.wait_ready()
+                servers.append(server)
+                variants[f"serve{pool}/{rt}"] = functools.partial(_serve_seconds, server)
+            policies = self.policies[rt]
+            if rt == "runc" or self.opts.runsc_cli:
+                variants[f"run/{rt}"] = functools.partial(_run_seconds, policies, self.env)
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        self.log(f"trivial runs: {n} rounds of {', '.join(variants)} (after 3 warm-up rounds)")
+        for index in range(n + 3):
+            for name, once in variants.items():
+                seconds = once()
+                if index >= 3:
+                    samples[name].append(seconds)
+                    time.sleep(0.02 if "pool" not in name else 0.0)
+        for server in servers:
+            server.close()
+        self.results["trivial"] = {name: summary(values) for name, values in samples.items()}
+
+    # --- streams --------------------------------------------------------------------------
+
+    def streams(self) -> None:
+        out: dict[str, Any] = {}
+        baseline = run_once(self.policies["runc"], TRIVIAL, self.env).peak_rss_kb
+        for mib in self.opts.stream_mib:
+            args = flood_args(mib)
+            floor_s: list[float] = []
+            run_s: list[float] = []
+            serve_s: list[float] = []
+            rss: list[int] = []
+            serve_growth: list[int] = []
+            size = 0
+            server = ServeClient(self.policies["runc"], self.env)
+            server.wait_ready()
+            server.run(TRIVIAL)
+            before = proc_stats(server.pid)["hwm_kb"]
+            for _ in range(self.opts.stream_reps):
+                cycle = self.floors["runc"].once(args)
+                size = cycle.bytes
+                floor_s.append(cycle.seconds)
+                outcome = _ok(run_once(self.policies["runc"], args, self.env))
+                run_s.append(outcome.seconds)
+                rss.append(outcome.peak_rss_kb)
+                serve_s.append(_ok(server.run(args)).seconds)
+                serve_growth.append(proc_stats(server.pid)["hwm_kb"] - before)
+            server.close()
+            mb = size / 1e6
+            out[f"{mib}MiB"] = {
+                "bytes": size,
+                "floor_mb_s": mb / statistics.median(floor_s),
+                "run_mb_s": mb / statistics.median(run_s),
+                "serve_mb_s": mb / statistics.median(serve_s),
+                "run_peak_rss_kb": max(rss),
+                "run_rss_growth_kb": max(rss) - baseline,
+                "serve_rss_growth_kb": max(serve_growth),
+            }
+            self.log(f"stream {mib} MiB: {out[f'{mib}MiB']}")
+        out["trivial_run_peak_rss_kb"] = baseline
+        self.results["streams"] = out
+
+    # --- runs in flight -------------------------------------------------------------------
+
+    def concurrency(self) -> None:
+        out: dict[str, Any] = {}
+        total = self.opts.inflight_runs
+        for width in (2, 4):
+            floor = self.floors["runc"]
+            out[f"floor/{width}"] = in_flight(total, width, functools.partial(_threaded, floor))
+            for pool in ("", "-pool"):
+                server = ServeClient(self.policies["runc" + pool], self.env, max_concurrent=width)
+                server.wait_ready()
+                submit = functools.partial(_submitted, server)
+                in_flight(width, width, submit)  # warm-up
+                out[f"serve{pool}/{width}"] = in_flight(total, width, submit)
+                server.close()
+            self.log(f"{width} in flight: {out}")
+        self.results["in_flight"] = out
+
+    # --- a long sequence through one server -----------------------------------------------
+
+    def sequence(self) -> None:
+        count = self.opts.sequential
+        server = ServeClient(self.policies["runc-pool"], self.env)
+        server.wait_ready()
+        for _ in range(20):  # warm-up: imports, caches, pool, allocator arenas
+            _ok(server.run(TRIVIAL))
+        start = proc_stats(server.pid)
+        seconds = []
+        for index in range(count):
+            seconds.append(_ok(server.run(TRIVIAL)).seconds)
+            if index and index % 200 == 0:
+                self.log(f"sequence: {index}/{count}, {proc_stats(server.pid)}")
+        end = proc_stats(server.pid)
+        pid = server.pid
+        code = server.close()
+        client = docker.from_env(version="auto")
+        left = client.containers.list(all=True, filters={"label": f"io.sandbox.owner_pid={pid}"})
+        client.close()
+        self.results["sequence"] = {
+            "runs": count,
+            "start": start,
+            "end": end,
+            "rss_change": end["rss_kb"] / start["rss_kb"] - 1,
+            "containers_left": len(left),
+            "server_exit_code": code,
+            "p50_s": statistics.median(seconds),
+        }
+        self.log(f"sequence: {self.results['sequence']}")
+
+    def close(self) -> None:
+        for floor in self.floors.values():
+            floor.close()
+
+
+def _ok(outcome: Any) -> Any:
+    if outcome.status != "ok":
+        msg = f"a bench run ended {outcome.status}"
+        raise RuntimeError(msg)
+    return outcome
+
+
+def _floor_seconds(floor: Floor) -> float:
+    return floor.once(TRIVIAL).seconds
+
+
+def _serve_seconds(server: ServeClient) -> float:
+    return float(_ok(server.run(TRIVIAL)).seconds)
+
+
+def _run_seconds(policies: Path, env: dict[str, str]) -> float:
+    return float(_ok(run_once(policies, TRIVIAL, env)).seconds)
+
+
+def _threaded(floor: Floor) -> Callable[[], bool]:
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            floor.once(TRIVIAL)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    return done.is_set
+
+
+def _submitted(server: ServeClient) -> Callable[[], bool]:
+    return server.submit("run", {"tool": "testkit", "args": TRIVIAL}).done.is_set
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        "| measurement | value | floor | ratio | target | holds |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+
+    def row(
+        name: str,
+        value: float,
+        floor: float,
+        ratio: float,
+        target: str,
+        holds: bool | None,
+        unit: str = "",
+    ) -> None:
+        mark = "–" if holds is None else ("yes" if holds else "**no**")
+        rows.append(
+            f"| {name} | {value:.3f}{unit} | {floor:.3f}{unit} | {ratio:.2f} | {target} | {mark} |"
+        )
+
+    trivial = results.get("trivial", {})
+    targets = {"serve": 1.10, "serve-pool": 0.85, "run": 1.6}
+    for rt in ("runc", "runsc"):
+        floor = trivial.get(f"floor/{rt}")
+        if not floor:
+            continue
+        for variant in ("floor", "run", "serve", "serve-pool"):
+            got = trivial.get(f"{variant}/{rt}")
+            if not got:
+                continue
+            for q in ("p50", "p90"):
+                limit = targets.get(variant) if (q == "p50" and rt == "runc") else None
+                ratio = got[q] / floor[q]
+                row(
+                    f"trivial {variant} {rt} {q} (s)",
+                    got[q],
+                    floor[q],
+                    ratio,
+                    f"≤ {limit:.2f}" if limit else "",
+                    None if limit is None else ratio <= limit,
+                )
+    for name, s in results.get("streams", {}).items():
+        if not isinstance(s, dict):
+            continue
+        for variant in ("run", "serve"):
+            ratio = s[f"{variant}_mb_s"] / s["floor_mb_s"]
+            row(
+                f"stream {name} {variant} (MB/s)",
+                s[f"{variant}_mb_s"],
+                s["floor_mb_s"],
+                ratio,
+                "≥ 0.90",
+                ratio >= 0.90,
+            )
+        for variant in ("run", "serve"):
+            growth = s[f"{variant}_rss_growth_kb"] / 1024
+            rows.append(
+                f"| stream {name} {variant} peak RSS growth (MiB) | {growth:.1f} | | | < 30 "
+                f"| {'yes' if growth < 30 else '**no**'} |"
+            )
+    flight = results.get("in_flight", {})
+    for width in (2, 4):
+        floor_rate = flight.get(f"floor/{width}")
+        if not floor_rate:
+            continue
+        for variant in ("serve", "serve-pool"):
+            rate = flight[f"{variant}/{width}"]
+            ratio = rate / floor_rate
+            limit = 0.90 if width == 4 else None
+            row(
+                f"{width} in flight {variant} (runs/s)",
+                rate,
+                floor_rate,
+                ratio,
+                "≥ 0.90" if limit else "",
+                None if limit is None else ratio >= limit,
+            )
+    seq = results.get("sequence")
+    if seq:
+        start, end = seq["start"], seq["end"]
+        flat = (
+            abs(seq["rss_change"]) <= 0.10
+            and end["fds"] <= start["fds"] * 1.1
+            and end["threads"] <= start["threads"] * 1.1
+            and seq["containers_left"] == 0
+        )
+        rows.append(
+            f"| {seq['runs']} sequential (serve + pool) | fds {start['fds']}→{end['fds']}, threads "
+            f"{start['threads']}→{end['threads']}, RSS {start['rss_kb'] // 1024}→"
+            f"{end['rss_kb'] // 1024} MiB ({seq['rss_change']:+.1%}), containers left "
+            f"{seq['containers_left']} | | | flat ±10 %, 0 left | "
+            f"{'yes' if flat else '**no**'} |"
+        )
+    return "\n".join(rows)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=int(os.environ.get("BENCH_N", "30")),
+        help="trivial runs per variant (default 30)",
+    )
+    parser.add_argument(
+        "--sequential",
+        type=int,
+        default=int(os.environ.get("BENCH_SEQUENTIAL", "1000")),
+        help="runs through one server (default 1000)",
+    )
+    parser.add_argument("--stream-mib", type=int, nargs="*", default=[50, 200])
+    parser.add_argument("--stream-reps", type=int, default=3)
+    parser.add_argument(
+        "--inflight-runs", type=int, default=24, help="runs per in-flight measurement"
+    )
+    parser.add_argument("--warm", type=int, default=2, help="pool.warm of the pooled policies")
+    parser.add_argument("--runtimes", nargs="*", default=["runc", "runsc"])
+    parser.add_argument(
+        "--runsc-cli", action="store_true", help="also time `sandbox run` under runsc"
+    )
+    parser.add_argument(
+        "--only", nargs="*", default=["trivial", "streams", "in_flight", "sequence"]
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    began = time.time()
+    load_before = loadavg()
+    with tempfile.TemporaryDirectory(prefix="sandbox-bench-") as tmp:
+        bench = Bench(opts, Path(tmp))
+        try:
+            for part in opts.only:
+                {
+                    "trivial": bench.trivial,
+                    "streams": bench.streams,
+                    "in_flight": bench.concurrency,
+                    "sequence": bench.sequence,
+                }[part]()
+        finally:
+            bench.close()
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
+        "seconds": round(time.time() - began, 1),
+        "host": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "loadavg_1m": {"start": load_before, "end": loadavg()},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "results": bench.results,
+    }
+    text = table(bench.results)
+    report["table"] = text
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(text)
+    print(
+        f"\nload average (1 min): {load_before:.2f} at start, {loadavg():.2f} at end; "
+        f"{report['seconds']} s"
+    )
+    print(f"JSON: {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
