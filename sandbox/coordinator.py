@@ -52,6 +52,8 @@ from .stream import FrameAssembler
 if TYPE_CHECKING:
     from .pool import BackgroundRemover, Slot, StartGate, WarmPool
 
+# The reader thread samples cgroup counters at most this often (a file read each).
+READER_SAMPLE_S = 0.02
 # After the deadline the engine gets this long to report the container's end.
 WAIT_GRACE_S = 15.0
 # A container whose deadline passed this long ago is reaped even if its owner looks alive.
@@ -126,6 +128,7 @@ class Watchdog:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._tripped_at: float | None = None
+        self._last_sample = float("-inf")
         self._thread = threading.Thread(target=self._loop, name="sandbox-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -147,9 +150,18 @@ class Watchdog:
         logger.info("stopping container: {}", reason)
         self._wake.set()
 
+    def sample_soon(self) -> None:
+        """A throttled sample from the reader thread: a tool that dies of a limit usually
+        writes its last words (a traceback) while its cgroup, and its counters, still exist;
+        the container may be gone before the next poll."""
+        now = self._clock()
+        if now - self._last_sample >= READER_SAMPLE_S:
+            self.record_usage()
+
     def record_usage(self) -> None:
         if self._tripped_at is not None:
             return
+        self._last_sample = self._clock()
         usage = self._sample()
         if usage.pids_limit_hits:
             self.pids_limit_hits = max(self.pids_limit_hits, usage.pids_limit_hits)
@@ -438,6 +450,7 @@ class Coordinator:
                 yield frame
             if assembler.over_cap:
                 watchdog.trip("stream")
+            watchdog.sample_soon()
         for frame in assembler.flush():
             if frame["type"] == "error":
                 outcome.script_reported_error = True
