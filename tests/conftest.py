@@ -183,8 +183,12 @@ def run_cli(
 
 
 @pytest.fixture
-def sandbox_run(testkit_policies: PolicyDir) -> Callable[..., CliResult]:
-    """``sandbox run testkit`` with the given args/options, against the pinned test policies."""
+def sandbox_run(
+    testkit_policies: PolicyDir, request: pytest.FixtureRequest
+) -> Callable[..., CliResult]:
+    """``sandbox run testkit`` with the given args/options, against the pinned test policies.
+    The run ids are kept on the test item (``sandbox_run_ids``) for leftover checks."""
+    run_ids: list[str] = request.node.__dict__.setdefault("sandbox_run_ids", [])
 
     def run(
         args: dict[str, Any] | None = None,
@@ -195,13 +199,18 @@ def sandbox_run(testkit_policies: PolicyDir) -> Callable[..., CliResult]:
         argv = ["run", tool]
         if args is not None:
             argv += ["--args", json.dumps(args)]
-        return run_cli(argv + list(extra), policies=testkit_policies.path, timeout=timeout)
+        result = run_cli(argv + list(extra), policies=testkit_policies.path, timeout=timeout)
+        if result.frames:
+            run_ids.append(result.exit["run_id"])
+        return result
 
     return run
 
 
 def containers_for_run(client: Any, run_id: str) -> list[Any]:
-    return list(client.containers.list(all=True, filters={"label": f"io.sandbox.run_id={run_id}"}))
+    # sparse: no inspect per container, which would race a concurrent removal (404).
+    label = f"io.sandbox.run_id={run_id}"
+    return list(client.containers.list(all=True, filters={"label": label}, sparse=True))
 
 
 @pytest.fixture(scope="session", autouse=True)

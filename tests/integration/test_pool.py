@@ -18,8 +18,9 @@ pytestmark = pytest.mark.docker
 
 
 def owned_by(client: Any, pid: int) -> list[Any]:
+    # sparse: one list call, no inspect per container, which would race the background remover.
     label = f"io.sandbox.owner_pid={pid}"
-    return list(client.containers.list(all=True, filters={"label": label}))
+    return list(client.containers.list(all=True, filters={"label": label}, sparse=True))
 
 
 def wait_for_idle(client: Any, pid: int, count: int, timeout_s: float = 30.0) -> list[Any]:
@@ -27,6 +28,8 @@ def wait_for_idle(client: Any, pid: int, count: int, timeout_s: float = 30.0) ->
     while True:
         created = [c for c in owned_by(client, pid) if c.status == "created"]
         if len(created) >= count or time.monotonic() > deadline:
+            for container in created:
+                container.reload()  # the full inspect, while idle containers stay put
             return created
         time.sleep(0.1)
 

@@ -25,18 +25,10 @@ Run = Callable[..., CliResult]
 @pytest.fixture(autouse=True)
 def _no_container_left(docker_client: Any, request: pytest.FixtureRequest) -> Any:
     yield
-    # Every run's container is gone when its CLI process has exited.
-    leftovers = [
-        c.name
-        for c in docker_client.containers.list(all=True, filters={"label": "io.sandbox.managed"})
-        if c.labels.get("io.sandbox.tool") == "testkit"
-        and c.labels.get("io.sandbox.owner_pid") in _pids(request)
-    ]
+    # Every run's container is gone by the time its CLI process has exited.
+    run_ids = request.node.__dict__.get("sandbox_run_ids", [])
+    leftovers = [rid for rid in run_ids if containers_for_run(docker_client, rid)]
     assert leftovers == []
-
-
-def _pids(request: pytest.FixtureRequest) -> set[str]:
-    return set(getattr(request.node, "cli_pids", set()))
 
 
 def assert_exit(result: CliResult, status: str, code: int) -> dict[str, Any]:

@@ -334,7 +334,7 @@ def assert_host_invariants(env: SecurityEnv, result: RunResult) -> None:
     """After any run: no container with its label, host trees untouched, memory bounded, no
     secret leaked."""
     leftovers = env.client.containers.list(
-        all=True, filters={"label": f"io.sandbox.run_id={result.run_id}"}
+        all=True, filters={"label": f"io.sandbox.run_id={result.run_id}"}, sparse=True
     )
     assert leftovers == [], f"{result.case}: container left behind"
     assert tree_digest(env.sentinel) == env.sentinel_before, f"{result.case}: sentinel changed"
