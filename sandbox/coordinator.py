@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .pool import BackgroundRemover, Slot, StartGate, WarmPool
 
 # The reader thread samples cgroup counters at most this often (a file read each).
-READER_SAMPLE_S = 0.02
+READER_SAMPLE_S = 0.005
 # After the deadline the engine gets this long to report the container's end.
 WAIT_GRACE_S = 15.0
 # A container whose deadline passed this long ago is reaped even if its owner looks alive.
@@ -128,7 +128,7 @@ class Watchdog:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._tripped_at: float | None = None
-        self._last_sample = float("-inf")
+        self._last_reader_sample = float("-inf")
         self._thread = threading.Thread(target=self._loop, name="sandbox-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -155,13 +155,15 @@ class Watchdog:
         writes its last words (a traceback) while its cgroup, and its counters, still exist;
         the container may be gone before the next poll."""
         now = self._clock()
-        if now - self._last_sample >= READER_SAMPLE_S:
+        # The reader's own clock: a poll by the watchdog a moment ago says nothing about the
+        # chunk that just arrived.
+        if now - self._last_reader_sample >= READER_SAMPLE_S:
+            self._last_reader_sample = now
             self.record_usage()
 
     def record_usage(self) -> None:
         if self._tripped_at is not None:
             return
-        self._last_sample = self._clock()
         usage = self._sample()
         if usage.pids_limit_hits:
             self.pids_limit_hits = max(self.pids_limit_hits, usage.pids_limit_hits)

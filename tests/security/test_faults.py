@@ -261,6 +261,7 @@ def test_sigkilled_coordinator_container_ends_at_its_deadline_and_is_reaped(
         assert _wait_for(orphan_ended, 30), "the orphan container outlived its deadline"
         assert time.monotonic() - killed_at < 20
         for container in containers_for_run(docker_client, victim_run):
+            container.reload()  # the listing is sparse; the exit code needs the full inspect
             assert container.attrs["State"]["ExitCode"] == 137
         reaped = run_cli(["reap"], policies=policies)
         assert reaped.returncode == 0
