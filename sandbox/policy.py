@@ -361,6 +361,24 @@ class PolicyCache:
         return loaded
 
 
+def tool_rows(policy_dir: Path) -> list[dict[str, Any]]:
+    """The whitelisted tools, as ``sandbox tools --json`` lists them."""
+    return [
+        {
+            "tool": name,
+            "description": lp.policy.description,
+            "image": lp.policy.image.name,
+            "image_id": lp.policy.image.id,
+            "runtime": lp.policy.runtime,
+            "network": lp.policy.network,
+            "timeout_s": lp.policy.limits.timeout_s,
+            "memory_mb": lp.policy.limits.memory_mb,
+            "args_schema": lp.policy.args_schema,
+        }
+        for name, lp in sorted(load_policy_dir(policy_dir).items())
+    ]
+
+
 # --- authorization (pure) ---------------------------------------------------------------------
 
 

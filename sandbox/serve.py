@@ -32,7 +32,7 @@ from .coordinator import new_run_id, refused_frames
 from .errors import InfrastructureError, Interrupted, InvalidRequest, SandboxError, Status
 from .frames import PROTOCOL_VERSION, Frame, encode
 from .hostcheck import HostSnapshot
-from .policy import load_policy_dir
+from .policy import tool_rows
 from .request import MAX_REQUEST_BYTES, Request, loads_strict, request_from_data
 from .runtime import EngineInfo
 
@@ -411,24 +411,6 @@ class ServeOptions:
 
 
 _DEFERRED = object()  # a handler's "the answer comes later"
-
-
-def tool_rows(policy_dir: Path) -> list[dict[str, Any]]:
-    """The whitelisted tools, as ``sandbox tools --json`` lists them."""
-    return [
-        {
-            "tool": name,
-            "description": lp.policy.description,
-            "image": lp.policy.image.name,
-            "image_id": lp.policy.image.id,
-            "runtime": lp.policy.runtime,
-            "network": lp.policy.network,
-            "timeout_s": lp.policy.limits.timeout_s,
-            "memory_mb": lp.policy.limits.memory_mb,
-            "args_schema": lp.policy.args_schema,
-        }
-        for name, lp in sorted(load_policy_dir(policy_dir).items())
-    ]
 
 
 class Server:

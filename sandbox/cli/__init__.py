@@ -173,23 +173,9 @@ def _reap_quietly(coordinator: Any) -> None:
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
-    from ..policy import load_policy_dir
+    from ..policy import tool_rows
 
-    policies = load_policy_dir(policy_dir(args))
-    rows = [
-        {
-            "tool": name,
-            "description": lp.policy.description,
-            "image": lp.policy.image.name,
-            "image_id": lp.policy.image.id,
-            "runtime": lp.policy.runtime,
-            "network": lp.policy.network,
-            "timeout_s": lp.policy.limits.timeout_s,
-            "memory_mb": lp.policy.limits.memory_mb,
-            "args_schema": lp.policy.args_schema,
-        }
-        for name, lp in sorted(policies.items())
-    ]
+    rows = tool_rows(policy_dir(args))
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -342,25 +342,17 @@ def test_image_not_matching_the_pin_is_infrastructure_error(testkit_policies: Po
     assert "0" * 64 in result.errors[0]["message"]
 
 
+def start_sleeper(policies: PolicyDir) -> subprocess.Popen[bytes]:
+    """A `sandbox run` of a 60 s sleeper, frames on a pipe, for signal and reaping tests."""
+    argv = [sys.executable, "-m", "sandbox", "--policies", str(policies.path), "run", "testkit"]
+    argv += ["--args", '{"case": "sleep", "seconds": 60}']
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+
 def test_sigterm_removes_the_container_then_exits_130(
     testkit_policies: PolicyDir, docker_client: Any
 ) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "--policies",
-            str(testkit_policies.path),
-            "run",
-            "testkit",
-            "--args",
-            '{"case": "sleep", "seconds": 60}',
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
+    proc = start_sleeper(testkit_policies)
     assert proc.stdout is not None
     lines = [proc.stdout.readline(), proc.stdout.readline()]
     assert json.loads(lines[1])["type"] == "started"
@@ -375,38 +367,8 @@ def test_sigterm_removes_the_container_then_exits_130(
 def test_reap_removes_containers_of_a_killed_coordinator_only(
     testkit_policies: PolicyDir, docker_client: Any
 ) -> None:
-    victim = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "--policies",
-            str(testkit_policies.path),
-            "run",
-            "testkit",
-            "--args",
-            '{"case": "sleep", "seconds": 60}',
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    survivor = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "--policies",
-            str(testkit_policies.path),
-            "run",
-            "testkit",
-            "--args",
-            '{"case": "sleep", "seconds": 60}',
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    victim = start_sleeper(testkit_policies)
+    survivor = start_sleeper(testkit_policies)
     assert victim.stdout is not None
     assert survivor.stdout is not None
     victim_run = json.loads(victim.stdout.readline())["run_id"]
