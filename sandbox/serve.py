@@ -15,370 +15,60 @@ are exactly a frame: before any event of a run the server sends the notification
 from __future__ import annotations
 
 import collections
-import math
 import threading
 import time
-import typing
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol
 
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from . import __version__
 from .coordinator import new_run_id, refused_frames
-from .errors import InfrastructureError, Interrupted, InvalidRequest, SandboxError, Status
+from .errors import InfrastructureError, Interrupted, InvalidRequest, SandboxError
 from .frames import PROTOCOL_VERSION, Frame, encode
 from .hostcheck import HostSnapshot
+from .metrics import Job, Metrics
 from .policy import tool_rows
 from .request import MAX_REQUEST_BYTES, Request, loads_strict, request_from_data
+from .rpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    QUEUE_FULL,
+    SANDBOX_ERROR,
+    SHUTTING_DOWN,
+    UNKNOWN_RUN,
+    CancelParams,
+    NoParams,
+    RpcError,
+    RpcErrorObject,
+    RpcId,
+    RpcRequest,
+    RunAssigned,
+    ShutdownParams,
+    _echo_id,
+    _first_error,
+    _params,
+)
 from .runtime import EngineInfo
-
-# JSON-RPC 2.0 error codes; -32000.. are this server's own (docs/serve.md).
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-SHUTTING_DOWN = -32000
-QUEUE_FULL = -32001
-UNKNOWN_RUN = -32002
-SANDBOX_ERROR = -32003
+from .stdio import WRITE_BUFFER_BYTES, LineWriter, read_lines
 
 # A request object plus the JSON-RPC envelope around it.
 MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES + 64 * 1024
-WRITE_BUFFER_BYTES = 8 * 1024 * 1024
 DEFAULT_QUEUE = 64
 MEMORY_PER_RUN_MB = 512
-SAMPLES = 1024
-STATUSES: tuple[Status, ...] = typing.get_args(Status)
 
-RpcId = int | str | None
 _EVENT_PREFIX = b'{"jsonrpc":"2.0","method":"event","params":'
-M = TypeVar("M", bound=BaseModel)
 
 
 def default_max_concurrent(host: HostSnapshot) -> int:
     """One run per core, as long as each can have 512 MiB of the available memory."""
     return max(1, min(host.cpu_count, host.available_memory_mb // MEMORY_PER_RUN_MB))
-
-
-# --- messages ---------------------------------------------------------------------------------
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class RpcRequest(_Message):
-    """A JSON-RPC 2.0 request (or, without ``id``, a notification) from the client."""
-
-    jsonrpc: Literal["2.0"]
-    """Always "2.0"."""
-    method: str
-    """run, cancel, tools, health, metrics or shutdown."""
-    id: int | str | None = None
-    """Echoed in the response; absent for a notification, which gets no answer."""
-    params: dict[str, Any] | list[Any] | None = None
-    """Named params (an object); ``run`` takes the contract's request object."""
-
-    @property
-    def is_notification(self) -> bool:
-        return "id" not in self.model_fields_set
-
-
-class CancelParams(_Message):
-    run_id: str = Field(min_length=1, max_length=128)
-    """The run to stop, as announced by ``run.assigned`` (or any of its frames)."""
-
-
-class ShutdownParams(_Message):
-    drain: bool = False
-    """Let running and queued runs finish instead of cancelling them."""
-
-
-class NoParams(_Message):
-    """tools, health and metrics take no params."""
-
-
-class RunAssigned(_Message):
-    """Params of the ``run.assigned`` notification, sent before any event of the run."""
-
-    id: int | str | None
-    """The id of the client's ``run`` request."""
-    run_id: str
-    """The id every frame of this run carries."""
-    queued: bool
-    """Whether the run waits for a free slot."""
-
-
-class RpcErrorObject(_Message):
-    """The ``error`` member of a failed response."""
-
-    code: int
-    message: str
-    data: dict[str, Any] | None = None
-
-
-class RpcError(Exception):
-    """A request the server answers with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.body = RpcErrorObject(code=code, message=message, data=data)
-
-
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(message)"
-    problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-    return f"{where}: {problem}"
-
-
-def _params(model: type[M], message: RpcRequest) -> M:
-    raw: Any = {} if message.params in (None, []) else message.params
-    if not isinstance(raw, dict):
-        text = f"{message.method} takes named params (a JSON object)"
-        raise RpcError(INVALID_PARAMS, text)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        text = f"invalid params for {message.method}: {_first_error(exc)}"
-        raise RpcError(INVALID_PARAMS, text) from exc
-
-
-def _echo_id(data: Any) -> RpcId:
-    """The id of an invalid request, when it has a usable one."""
-    candidate = data.get("id") if isinstance(data, dict) else None
-    if isinstance(candidate, bool) or not isinstance(candidate, int | str):
-        return None
-    return candidate
-
-
-# --- the byte streams -------------------------------------------------------------------------
-
-
-def read_lines(stream: BinaryIO, max_bytes: int, chunk: int = 64 * 1024) -> Iterator[bytes | None]:
-    """Lines without their newline, until EOF; ``None`` stands for a line longer than
-    ``max_bytes``, whose bytes are skipped as they arrive (memory stays bounded)."""
-    buf = bytearray()
-    skipping = False
-    while data := stream.read(chunk):
-        start = 0
-        while (end := data.find(b"\n", start)) != -1:
-            if not skipping:
-                buf += data[start:end]
-                yield None if len(buf) > max_bytes else bytes(buf)
-            buf.clear()
-            skipping = False
-            start = end + 1
-        if not skipping:
-            buf += data[start:]
-            if len(buf) > max_bytes:
-                yield None
-                buf.clear()
-                skipping = True
-    if buf and not skipping:
-        yield bytes(buf)
-
-
-class LineWriter:
-    """The only writer of the output stream, fed through a buffer bounded in bytes.
-
-    ``put`` blocks while the buffer is full, so a slow reader slows the producers down instead
-    of growing memory. Once the stream breaks, or the reader is abandoned at shutdown, lines
-    are dropped so that no producer blocks forever.
-    """
-
-    def __init__(
-        self,
-        out: BinaryIO,
-        *,
-        max_bytes: int = WRITE_BUFFER_BYTES,
-        on_broken: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._out = out
-        self._max = max_bytes
-        self._on_broken = on_broken
-        self._lines: collections.deque[bytes] = collections.deque()
-        self._bytes = 0
-        self._cond = threading.Condition()
-        self._dropping = False
-        self._closing = False
-        self._thread = threading.Thread(target=self._loop, name="serve-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def put(self, line: bytes) -> None:
-        with self._cond:
-            # An empty buffer always takes a line, however long, so nothing waits forever.
-            while not self._dropping and self._bytes and self._bytes + len(line) > self._max:
-                self._cond.wait()
-            if self._dropping:
-                return
-            self._lines.append(line)
-            self._bytes += len(line)
-            self._cond.notify_all()
-
-    def close(self, timeout_s: float) -> None:
-        """Write what is buffered, then stop; give up on a reader stuck for ``timeout_s``."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            logger.warning("the client stopped reading; dropping unwritten messages")
-            self.abandon()
-
-    def abandon(self) -> None:
-        with self._cond:
-            self._dropping = True
-            self._lines.clear()
-            self._bytes = 0
-            self._cond.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._lines and not self._closing:
-                    self._cond.wait()
-                if not self._lines:
-                    return
-                line = self._lines.popleft()
-                self._bytes -= len(line)
-                self._cond.notify_all()
-            self._write(line)
-
-    def _write(self, line: bytes) -> None:
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[self._out.write(view) :]
-            self._out.flush()
-        except (OSError, ValueError) as exc:
-            if not self._dropping:
-                logger.warning("stdout is closed ({}); dropping further messages", exc)
-                self.abandon()
-                self._on_broken()
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Job:
-    """One ``run`` call, from the request to its answer."""
-
-    rpc_id: RpcId
-    run_id: str
-    request: Request | SandboxError
-    received: float
-    cancel: threading.Event = field(default_factory=threading.Event)
-    announced: threading.Event = field(default_factory=threading.Event)
-    began: float | None = None
-    accepted_at: float | None = None
-    tool: str | None = None
-    container_up: bool = False
-
-
-def percentile(samples: Iterable[float], q: float) -> float | None:
-    """Nearest-rank percentile; None without samples."""
-    ordered = sorted(samples)
-    if not ordered:
-        return None
-    return round(ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1], 4)
-
-
-def _summary(samples: Iterable[float]) -> dict[str, float | None]:
-    values = list(samples)
-    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "count": len(values)}
-
-
-@dataclass
-class ToolStats:
-    """Per-tool samples, the most recent ``SAMPLES`` of each (bounded memory)."""
-
-    runs: int = 0
-    queue_wait: collections.deque[float] = field(default_factory=lambda: _window())
-    start_latency: collections.deque[float] = field(default_factory=lambda: _window())
-    duration: collections.deque[float] = field(default_factory=lambda: _window())
-
-
-def _window() -> collections.deque[float]:
-    return collections.deque(maxlen=SAMPLES)
-
-
-class Metrics:
-    """Counts and latencies, read off the frames as they pass (no coordinator hook needed).
-
-    Per-tool entries start at the ``accepted`` frame, so only tools that have a policy appear.
-    """
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._born = clock()
-        self._lock = threading.Lock()
-        self._runs: collections.Counter[str] = collections.Counter({s: 0 for s in STATUSES})
-        self._errors: collections.Counter[str] = collections.Counter()
-        self._rpc_errors: collections.Counter[str] = collections.Counter()
-        self._tools: dict[str, ToolStats] = {}
-        self._containers = 0
-
-    def frame(self, job: Job, frame: Frame) -> None:
-        now = self._clock()
-        with self._lock:
-            kind = frame.get("type")
-            if kind == "accepted":
-                job.tool, job.accepted_at = str(frame.get("tool")), now
-                stats = self._tools.setdefault(job.tool, ToolStats())
-                stats.queue_wait.append((job.began or now) - job.received)
-            elif kind == "started" and job.tool is not None and job.accepted_at is not None:
-                job.container_up = True
-                self._containers += 1
-                self._tools[job.tool].start_latency.append(now - job.accepted_at)
-            elif kind == "error":
-                self._errors[str(frame.get("error", {}).get("kind"))] += 1
-            elif kind == "exit":
-                self._exit(job, frame)
-
-    def _exit(self, job: Job, frame: Frame) -> None:
-        self._runs[str(frame.get("status"))] += 1
-        if job.container_up:
-            job.container_up = False
-            self._containers -= 1
-        if job.tool is not None:
-            stats = self._tools[job.tool]
-            stats.runs += 1
-            stats.duration.append(float(frame.get("duration_s") or 0.0))
-
-    def rpc_error(self, code: int) -> None:
-        with self._lock:
-            self._rpc_errors[str(code)] += 1
-
-    def snapshot(self, **gauges: Any) -> dict[str, Any]:
-        with self._lock:
-            tools = {
-                name: {
-                    "runs": stats.runs,
-                    "queue_wait_s": _summary(stats.queue_wait),
-                    "start_latency_s": _summary(stats.start_latency),
-                    "duration_s": _summary(stats.duration),
-                }
-                for name, stats in sorted(self._tools.items())
-            }
-            return {
-                "uptime_s": round(self._clock() - self._born, 3),
-                **gauges,
-                "active_containers": self._containers,
-                "runs": dict(self._runs),
-                "runs_total": sum(self._runs.values()),
-                "errors": dict(self._errors),
-                "rpc_errors": dict(self._rpc_errors),
-                "tools": tools,
-            }
 
 
 # --- the server -------------------------------------------------------------------------------

@@ -21,25 +21,20 @@ from sandbox.errors import InfrastructureError, SandboxError
 from sandbox.fake_runtime import FakeContainer, FakeRuntime
 from sandbox.frames import Frame, FrameFactory
 from sandbox.hostcheck import HostSnapshot
+from sandbox.metrics import percentile
 from sandbox.request import Request
-from sandbox.runtime import EngineInfo
-from sandbox.serve import (
+from sandbox.rpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
-    MAX_MESSAGE_BYTES,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     QUEUE_FULL,
     SHUTTING_DOWN,
     UNKNOWN_RUN,
-    Backend,
-    LineWriter,
-    ServeOptions,
-    Server,
-    default_max_concurrent,
-    percentile,
-    read_lines,
 )
+from sandbox.runtime import EngineInfo
+from sandbox.serve import MAX_MESSAGE_BYTES, Backend, ServeOptions, Server, default_max_concurrent
+from sandbox.stdio import LineWriter, read_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0

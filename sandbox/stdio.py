@@ -1,0 +1,119 @@
+"""The server's byte streams: newline-delimited messages in with a size cap, and one writer
+that owns stdout behind a buffer bounded in bytes (the backpressure of ``sandbox serve``).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+from loguru import logger
+
+WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+
+
+def read_lines(stream: BinaryIO, max_bytes: int, chunk: int = 64 * 1024) -> Iterator[bytes | None]:
+    """Lines without their newline, until EOF; ``None`` stands for a line longer than
+    ``max_bytes``, whose bytes are skipped as they arrive (memory stays bounded)."""
+    buf = bytearray()
+    skipping = False
+    while data := stream.read(chunk):
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            if not skipping:
+                buf += data[start:end]
+                yield None if len(buf) > max_bytes else bytes(buf)
+            buf.clear()
+            skipping = False
+            start = end + 1
+        if not skipping:
+            buf += data[start:]
+            if len(buf) > max_bytes:
+                yield None
+                buf.clear()
+                skipping = True
+    if buf and not skipping:
+        yield bytes(buf)
+
+
+class LineWriter:
+    """The only writer of the output stream, fed through a buffer bounded in bytes.
+
+    ``put`` blocks while the buffer is full, so a slow reader slows the producers down instead
+    of growing memory. Once the stream breaks, or the reader is abandoned at shutdown, lines
+    are dropped so that no producer blocks forever.
+    """
+
+    def __init__(
+        self,
+        out: BinaryIO,
+        *,
+        max_bytes: int = WRITE_BUFFER_BYTES,
+        on_broken: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._out = out
+        self._max = max_bytes
+        self._on_broken = on_broken
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+        self._dropping = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="serve-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, line: bytes) -> None:
+        with self._cond:
+            # An empty buffer always takes a line, however long, so nothing waits forever.
+            while not self._dropping and self._bytes and self._bytes + len(line) > self._max:
+                self._cond.wait()
+            if self._dropping:
+                return
+            self._lines.append(line)
+            self._bytes += len(line)
+            self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> None:
+        """Write what is buffered, then stop; give up on a reader stuck for ``timeout_s``."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("the client stopped reading; dropping unwritten messages")
+            self.abandon()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._dropping = True
+            self._lines.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._lines and not self._closing:
+                    self._cond.wait()
+                if not self._lines:
+                    return
+                line = self._lines.popleft()
+                self._bytes -= len(line)
+                self._cond.notify_all()
+            self._write(line)
+
+    def _write(self, line: bytes) -> None:
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[self._out.write(view) :]
+            self._out.flush()
+        except (OSError, ValueError) as exc:
+            if not self._dropping:
+                logger.warning("stdout is closed ({}); dropping further messages", exc)
+                self.abandon()
+                self._on_broken()
