@@ -406,7 +406,10 @@ class Coordinator:
             watchdog.start()
             yield from self._stream(attachment, frames, outcome, watchdog, spec)
             watchdog.record_usage()  # a last sample: short runs may end between polls
-            state = self.runtime.wait(container_id, WAIT_GRACE_S)
+            # A tool may close stdout and stderr and go on running: the stream ends, the
+            # container does not, and the watchdog still owes it its deadline.
+            remaining = max(0.0, deadline - self.clock())
+            state = self.runtime.wait(container_id, remaining + WAIT_GRACE_S)
             exited = True
             watchdog.stop()
             past_deadline = self.clock() >= deadline

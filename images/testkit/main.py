@@ -32,6 +32,7 @@ RAW_CASES = {
     "forge_exit",
     "raw_prints",
     "hostile_frames",
+    "close_streams",
 }
 
 
@@ -80,6 +81,14 @@ def case_tool_error(ctx: Context) -> Any:
 def case_exit(ctx: Context) -> Any:
     sys.stdout.flush()
     os._exit(int(ctx.args.get("code", 3)))
+
+
+def case_close_streams(args: dict[str, Any]) -> None:
+    """Close stdout and stderr, then keep running: the stream ends before the container."""
+    raw_write(b'{"type":"progress","message":"closing my streams"}\n')
+    os.close(1)
+    os.close(2)
+    time.sleep(float(args.get("seconds", 3600)))
 
 
 def case_sleep(ctx: Context) -> Any:
@@ -829,13 +838,13 @@ def case_ignore_sigterm(ctx: Context) -> Any:
         time.sleep(0.05)
 
 
-
 def case_arg_digest(ctx: Context) -> Any:
     # How the args arrived, without echoing them (a huge echo would test output, not input).
     import hashlib
 
     text = json.dumps(ctx.args, sort_keys=True, ensure_ascii=False)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "chars": len(text)}
+
 
 def main(ctx: Context) -> Any:
     case = ctx.args.get("case", "echo")

@@ -115,6 +115,17 @@ def test_sleep_past_deadline_is_timeout_on_time(sandbox_run: Run) -> None:
     assert elapsed < 20  # generous: the deadline is 2 s; this only catches a hang
 
 
+def test_tool_that_closes_its_streams_and_sleeps_still_times_out(sandbox_run: Run) -> None:
+    result = sandbox_run({"case": "close_streams", "seconds": 60}, "--timeout", "20")
+    assert_exit(result, "timeout", 4)
+    assert result.errors[-1]["kind"] == "Timeout"
+
+
+def test_tool_that_closes_its_streams_and_exits_is_ok(sandbox_run: Run) -> None:
+    result = sandbox_run({"case": "close_streams", "seconds": 1})
+    assert_exit(result, "ok", 0)
+
+
 def test_memory_bomb_reports_resource_limit_and_leaves_no_container(sandbox_run: Run) -> None:
     result = sandbox_run({"case": "memory", "mb": 2000})
     exit_frame = assert_exit(result, "resource_limit", 5)
