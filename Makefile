@@ -52,8 +52,8 @@ requirements-lock: venv ## regenerate the tool images' lock files (hashes) with 
 	done
 
 lint: venv ## ruff format --check, ruff, mypy --strict, committed policy schema up to date
-	$(VENV)/bin/ruff format --check sandbox tests
-	$(VENV)/bin/ruff check sandbox tests
+	$(VENV)/bin/ruff format --check sandbox tests bench examples images
+	$(VENV)/bin/ruff check sandbox tests bench examples images
 	$(VENV)/bin/mypy
 	$(PYTEST) -q tests/unit/review/test_schema.py
 
