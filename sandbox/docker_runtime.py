@@ -215,7 +215,7 @@ class DockerRuntime:
             msg = f"image {name} is not present in the engine"
             raise InfrastructureError(
                 msg,
-                fix="build it: `make images` (or `bash scripts/build-image.sh NAME`)",
+                fix="build it: `make images` (or `sandbox images build NAME`)",
                 image=name,
             ) from exc
         if actual != pinned_id:

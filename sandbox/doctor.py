@@ -286,7 +286,7 @@ def _escape_checks(info: EngineInfo, distro_fixed: dict[str, frozenset[str]]) ->
 def _image_fix(image: str) -> str:
     name = image.split("/", 1)[-1].split(":", 1)[0]
     return (
-        f"bash scripts/build-image.sh {name}   (then, after review, `sandbox images lock` "
+        f"sandbox images build {name}   (then, after review, `sandbox images lock` "
         "to pin the id you built)"
     )
 

@@ -3,10 +3,11 @@ the docker SDK's streaming low-level build), ``lock`` (rewrite each policy's ``i
 minimal textual edit), and ``DockerImageSource`` (the engine side of ``sandbox.scan``). With
 ``docker_runtime`` the only module that imports docker.
 
-Build conventions shared with scripts/build-image.sh and compose.yaml: context = repository root
-(``.dockerignore`` applies), ``images/NAME/Dockerfile`` -> ``sandbox/NAME:latest``, tool images
-get ``BASE=sandbox/base:latest``, host networking (the engine's default bridge is off here), and
-the host CA bundle copied to ``images/.build/ca-bundle.pem`` for builder stages.
+Build conventions shared with compose.yaml (scripts/build-image.sh calls this module): context
+= repository root (``.dockerignore`` applies), ``images/NAME/Dockerfile`` ->
+``sandbox/NAME:latest``, tool images get ``BASE=sandbox/base:latest``, host networking (the
+engine's default bridge is off here), and the host CA bundle copied to
+``images/.build/ca-bundle.pem`` for builder stages.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def compose_env(root: Path, names: Sequence[str]) -> dict[str, str]:
 
 def prepare_ca_bundle(root: Path, environ: Mapping[str, str] = os.environ) -> Path | None:
     """Copy the host CA bundle where builder stages COPY it from (empty file if none), as
-    scripts/build-image.sh does. Returns the source used."""
+    the Dockerfiles expect. Returns the source used."""
     target = root / CA_TARGET
     target.parent.mkdir(parents=True, exist_ok=True)
     for var in CA_ENV:

@@ -1,28 +1,15 @@
 #!/usr/bin/env bash
-# Build one project image: images/NAME/Dockerfile -> sandbox/NAME:latest, context = repo root.
-# The host CA bundle (PIP_CERT, SSL_CERT_FILE or REQUESTS_CA_BUNDLE) is copied to
-# images/.build/ca-bundle.pem for Dockerfiles whose *build stage* needs PyPI; the final stages
-# never copy it. Builds use host networking (the engine's default bridge is off).
+# Build project images: a thin wrapper over `sandbox images build` (one build path, so the
+# labels, and therefore the image ids, are the same whichever way an image is built).
+#   bash scripts/build-image.sh NAME... [--no-cache] [-v]
 set -euo pipefail
-name=${1:?usage: build-image.sh NAME [docker build args...]}
-shift
 root=$(cd "$(dirname "$0")/.." && pwd)
+python=${SANDBOX_PYTHON:-$root/.venv/bin/python}
+[ -x "$python" ] || { echo "build-image: $python missing; run 'make venv' first" >&2; exit 2; }
 cd "$root"
-[ -f "images/$name/Dockerfile" ] || { echo "build-image: images/$name/Dockerfile not found" >&2; exit 2; }
-
-if [ "$name" = base ]; then
-  bash images/base/build-rootfs.sh
-fi
-
-mkdir -p images/.build
-ca=""
-for candidate in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" "${REQUESTS_CA_BUNDLE:-}"; do
-  if [ -n "$candidate" ] && [ -f "$candidate" ]; then ca=$candidate; break; fi
+args=()
+for arg in "$@"; do
+  # -q (quiet) was this script's own flag; the default output is already one line per step.
+  [ "$arg" = "-q" ] || args+=("$arg")
 done
-if [ -n "$ca" ]; then cp "$ca" images/.build/ca-bundle.pem; else : >images/.build/ca-bundle.pem; fi
-
-revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-echo "build-image: sandbox/$name" >&2
-docker build --network host \
-  --label "org.opencontainers.image.revision=$revision" \
-  -f "images/$name/Dockerfile" -t "sandbox/$name:latest" "$@" .
+exec "$python" -m sandbox images build "${args[@]}"

@@ -50,7 +50,7 @@ def _require_engine_and_images() -> Any:
         except docker.errors.ImageNotFound:
             missing.append(image)
     if missing:
-        hint = "; ".join(f"bash scripts/build-image.sh {name}" for name in missing)
+        hint = "sandbox images build " + " ".join(missing)
         pytest.fail(f"tool images not built: {', '.join(missing)} (build: {hint})")
     return client
 

@@ -80,7 +80,7 @@ def test_every_failed_check_names_a_fix() -> None:
         "runc_CVE-2024-21626",
     }
     assert all(c.fix for c in failed)
-    assert "build-image.sh dbt" in by_name(checks)["image_dbt"].fix  # type: ignore[operator]
+    assert "sandbox images build dbt" in by_name(checks)["image_dbt"].fix  # type: ignore[operator]
 
 
 def test_unreachable_engine_fails_with_the_start_command() -> None:

@@ -1,6 +1,6 @@
 // The four data tools through one SandboxSession: the demo pipeline (ingest -> dbt -> Dagster,
 // EDA alongside), concurrent wherever the data allows, one run cancelled mid-run, typed errors.
-// Needs the tool images (bash scripts/build-image.sh dbt|eda|pyairbyte|dagster); skipped without
+// Needs the tool images (sandbox images build dbt eda pyairbyte dagster); skipped without
 // them unless SANDBOX_REQUIRE_DOCKER=1.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
