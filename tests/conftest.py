@@ -19,6 +19,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 LABEL_MANAGED = "io.sandbox.managed"
+# Everything a testkit container may see in its environment: the image's, the policy's, ours.
+IMAGE_ENV = frozenset(
+    {
+        "PATH",
+        "HOSTNAME",
+        "HOME",
+        "LANG",
+        "PYTHONPATH",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "TESTKIT",
+        "SANDBOX_MAX_FRAME_BYTES",
+    }
+)
 
 
 def _engine_error() -> str | None:

@@ -39,12 +39,7 @@ def pooled_serve(testkit_policies: PolicyDir) -> Iterator[ServeProcess]:
     testkit_policies.update("testkit", pool={"warm": 2})
     server = ServeProcess(testkit_policies, "--max-concurrent", "2")
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
-    for stream in (server.proc.stdin, server.proc.stdout, server.proc.stderr):
-        if stream is not None:
-            stream.close()
+    server.dispose()
 
 
 def run(server: ServeProcess, params: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:

@@ -85,17 +85,21 @@ class ServeProcess:
             self.proc.stdin.close()
         return self.proc.wait(TIMEOUT)
 
+    def dispose(self) -> None:
+        """Kill the server if a test left it running, and close its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
 
 @pytest.fixture
 def serve(testkit_policies: PolicyDir) -> Iterator[ServeProcess]:
     server = ServeProcess(testkit_policies, "--max-concurrent", "2")
     yield server
-    if server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
-    for stream in (server.proc.stdin, server.proc.stdout, server.proc.stderr):
-        if stream is not None:
-            stream.close()
+    server.dispose()
 
 
 def test_concurrent_runs_stream_events_and_answer_with_exit_frames(serve: ServeProcess) -> None:

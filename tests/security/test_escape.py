@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import IMAGE_ENV
+
 from .conftest import SecurityEnv, assert_exit, assert_host_invariants
 
 pytestmark = pytest.mark.docker
@@ -15,17 +17,6 @@ pytestmark = pytest.mark.docker
 REFUSED = {"EPERM", "EACCES", "EROFS", "ENOENT", "ENOSYS", "EINVAL", "EIO", "ValueError"}
 # What a read of a masked or hidden /proc or /sys file may give: nothing useful.
 HIDDEN = {"ENOENT", "EACCES", "EPERM", "EIO", "empty"}
-IMAGE_ENV = {
-    "PATH",
-    "HOSTNAME",
-    "HOME",
-    "LANG",
-    "PYTHONPATH",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONUNBUFFERED",
-    "TESTKIT",
-    "SANDBOX_MAX_FRAME_BYTES",
-}
 
 
 def probe(env: SecurityEnv, case: str) -> Any:
