@@ -104,6 +104,18 @@ def translated(action: str) -> Iterator[None]:
         raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
 
 
+def is_not_found(exc: InfrastructureError) -> bool:
+    return exc.details.get("status_code") == 404
+
+
+def missing_image(name: str) -> InfrastructureError:
+    """The engine has no such image: say how to build it."""
+    msg = f"image {name} is not present in the engine"
+    return InfrastructureError(
+        msg, fix="build it: `make images` (or `sandbox images build NAME`)", image=name
+    )
+
+
 class Demuxer:
     """Splits Docker's multiplexed attach stream (8-byte headers: stream, 0, 0, 0, size)."""
 
@@ -210,14 +222,9 @@ class DockerRuntime:
         try:
             actual = self._retrying("inspect image", lambda: self.api.inspect_image(name))["Id"]  # type: ignore[no-untyped-call]
         except InfrastructureError as exc:
-            if exc.details.get("status_code") != 404:
+            if not is_not_found(exc):
                 raise
-            msg = f"image {name} is not present in the engine"
-            raise InfrastructureError(
-                msg,
-                fix="build it: `make images` (or `sandbox images build NAME`)",
-                image=name,
-            ) from exc
+            raise missing_image(name) from exc
         if actual != pinned_id:
             msg = f"image {name} is {actual}, but the policy pins {pinned_id}"
             raise InfrastructureError(

@@ -28,7 +28,7 @@ from typing import IO, Any, cast
 import docker
 import docker.errors
 
-from .docker_runtime import ENGINE_FIX, translated
+from .docker_runtime import ENGINE_FIX, is_not_found, missing_image, translated
 from .errors import InfrastructureError, InvalidRequest, PolicyFileError
 from .policy import LoadedPolicy, parse_policy, read_policy
 
@@ -515,14 +515,9 @@ class DockerImageSource:
             with translated(f"inspect image {image}"):
                 return _inspect(self._api, image)
         except InfrastructureError as exc:
-            if exc.details.get("status_code") != 404:
+            if not is_not_found(exc):
                 raise
-            msg = f"image {image} is not present in the engine"
-            raise InfrastructureError(
-                msg,
-                fix="build it: `sandbox images build` (or `make images`)",
-                image=image,
-            ) from exc
+            raise missing_image(image) from exc
 
     @contextmanager
     def filesystem(self, image: str) -> Iterator[IO[bytes]]:

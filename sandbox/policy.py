@@ -237,7 +237,12 @@ def load_yaml(text: bytes, path: Path) -> tuple[Any, Any]:
     if len(text) > MAX_POLICY_BYTES:
         msg = f"file is larger than {MAX_POLICY_BYTES} bytes"
         raise PolicyFileError(msg, path=where)
-    loader = _PolicyLoader(text.decode("utf-8", errors="strict"))
+    try:
+        decoded = text.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        msg = "not UTF-8 text"
+        raise PolicyFileError(msg, path=where) from exc
+    loader = _PolicyLoader(decoded)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -281,19 +286,19 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
 # --- reading (I/O) ----------------------------------------------------------------------------
 
 
-def read_policy(path: Path) -> LoadedPolicy:
-    """Read and parse one policy file."""
+def read_policy_bytes(path: Path) -> bytes:
+    """A policy file's bytes, at most one byte past the size cap (parse refuses those)."""
     try:
         with path.open("rb") as handle:
-            text = handle.read(MAX_POLICY_BYTES + 1)
+            return handle.read(MAX_POLICY_BYTES + 1)
     except OSError as exc:
         msg = f"cannot read: {exc.strerror}"
         raise PolicyFileError(msg, path=str(path)) from exc
-    try:
-        return parse_policy(text, path)
-    except UnicodeDecodeError as exc:
-        msg = "not UTF-8 text"
-        raise PolicyFileError(msg, path=str(path)) from exc
+
+
+def read_policy(path: Path) -> LoadedPolicy:
+    """Read and parse one policy file."""
+    return parse_policy(read_policy_bytes(path), path)
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -341,21 +346,12 @@ class PolicyCache:
 
     def find(self, directory: Path, tool: str) -> LoadedPolicy:
         path = _policy_path(directory, tool)
-        try:
-            with path.open("rb") as handle:
-                text = handle.read(MAX_POLICY_BYTES + 1)
-        except OSError as exc:
-            msg = f"cannot read: {exc.strerror}"
-            raise PolicyFileError(msg, path=str(path)) from exc
+        text = read_policy_bytes(path)
         with self._lock:
             cached = self._by_path.get(path)
         if cached is not None and cached.sha256 == hashlib.sha256(text).hexdigest():
             return cached
-        try:
-            loaded = parse_policy(text, path)
-        except UnicodeDecodeError as exc:
-            msg = "not UTF-8 text"
-            raise PolicyFileError(msg, path=str(path)) from exc
+        loaded = parse_policy(text, path)
         with self._lock:
             self._by_path[path] = loaded
         return loaded

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InfrastructureError, PolicyFileError
-from ..policy import MAX_POLICY_BYTES, LoadedPolicy, parse_policy, policy_files
+from ..policy import LoadedPolicy, parse_policy, policy_files, read_policy_bytes
 from .baseline import BASELINE_FILE, BUILTIN_BASELINE, Baseline, parse_baseline
 
 GIT_PREFIX = "git:"
@@ -50,22 +50,14 @@ class GitLocation:
 
 def load(source: PolicySource) -> LoadedPolicy:
     """Parse one policy source; PolicyFileError (naming file, line and key) when it is bad."""
-    try:
-        return parse_policy(source.text, source.path)
-    except UnicodeDecodeError as exc:
-        msg = "not UTF-8 text"
-        raise PolicyFileError(msg, path=str(source.path)) from exc
+    return parse_policy(source.text, source.path)
 
 
 def load_baseline(source: PolicySource | None) -> Baseline:
     """The set's baseline, or the built-in one when the set has none."""
     if source is None:
         return BUILTIN_BASELINE
-    try:
-        return parse_baseline(source.text, source.path)
-    except UnicodeDecodeError as exc:
-        msg = "not UTF-8 text"
-        raise PolicyFileError(msg, path=str(source.path)) from exc
+    return parse_baseline(source.text, source.path)
 
 
 def load_all(policy_set: PolicySet) -> dict[str, LoadedPolicy]:
@@ -78,13 +70,7 @@ def load_all(policy_set: PolicySet) -> dict[str, LoadedPolicy]:
 
 def read_source(path: Path) -> PolicySource:
     """One file's bytes (PolicyFileError when it cannot be read)."""
-    try:
-        with path.open("rb") as handle:
-            # One byte over the cap, so the parser can say the file is too large.
-            return PolicySource(path, handle.read(MAX_POLICY_BYTES + 1))
-    except OSError as exc:
-        msg = f"cannot read: {exc.strerror}"
-        raise PolicyFileError(msg, path=str(path)) from exc
+    return PolicySource(path, read_policy_bytes(path))
 
 
 def read_dir(directory: Path, label: str | None = None) -> PolicySet:
