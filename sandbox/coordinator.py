@@ -23,7 +23,6 @@ from loguru import logger
 from . import hostcheck, staging
 from .audit import AuditLog, RunFacts
 from .errors import (
-    EXIT_CODES,
     InfrastructureError,
     Interrupted,
     ResourceLimit,
@@ -414,16 +413,15 @@ class Coordinator:
             watchdog.stop()
             past_deadline = self.clock() >= deadline
             outcome.memory_peak_bytes = watchdog.memory_peak_bytes
-            _classify(outcome, state, watchdog.reason, spec, loaded, past_deadline=past_deadline)
-            if watchdog.pids_limit_hits and outcome.status in ("tool_error", "timeout"):
-                outcome.error = None
-                outcome.fail(
-                    ResourceLimit(
-                        f"the tool hit its process limit ({loaded.policy.limits.pids}) "
-                        f"{watchdog.pids_limit_hits} time(s) and failed",
-                        limit="pids",
-                    )
-                )
+            _classify(
+                outcome,
+                state,
+                watchdog.reason,
+                spec,
+                loaded,
+                past_deadline=past_deadline,
+                pids_limit_hits=watchdog.pids_limit_hits,
+            )
         finally:
             if watchdog is not None:
                 watchdog.stop()
@@ -579,19 +577,17 @@ def _classify(
     loaded: LoadedPolicy,
     *,
     past_deadline: bool,
+    pids_limit_hits: int = 0,
 ) -> None:
-    """Status from the engine's report and the watchdog's reason, never from the script."""
+    """Status from the engine's report and the watchdog's reason, never from the script.
+
+    A tool that failed or hung after hitting its process limit failed *because* of the limit;
+    one that coped with it and exited 0 is ok."""
     outcome.exit_code = state.exit_code
     outcome.oom_killed = state.oom_killed
     limits = loaded.policy.limits
     if reason == "interrupted":
         outcome.fail(Interrupted("the run was interrupted; its container was removed"))
-    elif reason == "timeout":
-        outcome.fail(
-            Timeout(
-                f"the run passed its {spec.timeout_s:g}s deadline and was killed", limit="timeout_s"
-            )
-        )
     elif reason == "stream":
         outcome.fail(
             ResourceLimit(
@@ -613,13 +609,23 @@ def _classify(
                 f"the tool ran out of memory (limit {limits.memory_mb} MiB)", limit="memory_mb"
             )
         )
+    elif pids_limit_hits and (reason == "timeout" or state.exit_code != 0):
+        outcome.fail(
+            ResourceLimit(
+                f"the tool hit its process limit ({limits.pids}) {pids_limit_hits} time(s) "
+                "and failed",
+                limit="pids",
+            )
+        )
+    elif reason == "timeout":
+        outcome.fail(
+            Timeout(
+                f"the run passed its {spec.timeout_s:g}s deadline and was killed", limit="timeout_s"
+            )
+        )
     elif state.exit_code == 137 and past_deadline:
         outcome.fail(Timeout("the run was killed at its in-container deadline"))
     elif state.exit_code != 0:
         outcome.fail(
             ToolError(f"the tool exited with status {state.exit_code}", exit_code=state.exit_code)
         )
-
-
-def exit_code_for(status: Status) -> int:
-    return EXIT_CODES[status]

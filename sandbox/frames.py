@@ -15,7 +15,6 @@ from typing import Any
 from .errors import SandboxError
 
 PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 1024 * 1024
 Frame = dict[str, Any]
 SCRIPT_FRAME_TYPES = frozenset({"progress", "data", "result", "error", "log"})
 _ENVELOPE = frozenset({"v", "run_id", "seq", "ts", "type"})
