@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InfrastructureError
 from .runtime import EngineInfo, ExitState, ManagedContainer, ResourceUsage, StreamName
@@ -24,6 +25,8 @@ class FakeContainer:
     oom_killed: bool = False
     block_until_killed: bool = False
     fail_mid_stream: bool = False
+    writes: dict[str, str] = field(default_factory=dict)
+    """Files the "container" leaves under /output (relative path -> text), written at start."""
     pids_limit_hits: int = 0
     memory_peak_bytes: int = 1024 * 1024
 
@@ -41,6 +44,7 @@ class FakeRuntime:
     live: dict[str, ManagedContainer] = field(default_factory=dict)
     _killed: dict[str, threading.Event] = field(default_factory=dict)
     _running: dict[str, FakeContainer] = field(default_factory=dict)
+    _spec_of: dict[str, ContainerSpec] = field(default_factory=dict)
 
     def _maybe_fail(self, call: str) -> None:
         pending = self.fail.get(call)
@@ -60,6 +64,7 @@ class FakeRuntime:
         self._maybe_fail("create")
         container_id = f"fake-{len(self.specs)}"
         self.specs.append(spec)
+        self._spec_of[container_id] = spec
         self._running[container_id] = self.scripts.pop(0) if self.scripts else FakeContainer()
         self._killed[container_id] = threading.Event()
         self.live[container_id] = ManagedContainer(
@@ -75,6 +80,12 @@ class FakeRuntime:
     def start(self, container_id: str) -> None:
         self.calls.append(("start", container_id))
         self._maybe_fail("start")
+        script = self._running[container_id]
+        if script.writes:
+            spec = self._spec_of[container_id]
+            output = next(Path(m.source) for m in spec.mounts if m.target == "/output")
+            for rel, text in script.writes.items():
+                (output / rel).write_text(text)
 
     def kill(self, container_id: str) -> None:
         self.calls.append(("kill", container_id))

@@ -217,17 +217,7 @@ def test_outputs_published_on_success(
     write_policy: Callable[..., Path], run: Run, runtime: FakeRuntime, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-
-    # The fake "container" writes into the staging dir when started.
-    original_start = runtime.start
-
-    def start(container_id: str) -> None:
-        original_start(container_id)
-        staging = next(m.source for m in runtime.specs[-1].mounts if m.target == "/output")
-        (Path(staging) / "result.txt").write_text("42\n")
-
-    runtime.start = start  # type: ignore[method-assign]
-    frames = run(output_dir=str(out))
+    frames = run(FakeContainer(writes={"result.txt": "42\n"}), output_dir=str(out))
     assert frames[-1]["status"] == "ok"
     assert frames[-1]["outputs"][0]["path"] == "result.txt"
     assert (out / "result.txt").read_text() == "42\n"
@@ -238,15 +228,7 @@ def test_failed_run_leaves_no_partial_output_and_names_where_it_went(
     run: Run, runtime: FakeRuntime, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    original_start = runtime.start
-
-    def start(container_id: str) -> None:
-        original_start(container_id)
-        staging = next(m.source for m in runtime.specs[-1].mounts if m.target == "/output")
-        (Path(staging) / "half.txt").write_text("partial")
-
-    runtime.start = start  # type: ignore[method-assign]
-    frames = run(FakeContainer(exit_code=1), output_dir=str(out))
+    frames = run(FakeContainer(exit_code=1, writes={"half.txt": "partial"}), output_dir=str(out))
     assert not out.exists()
     kept = Path(frames[-1]["partial_outputs"])
     assert kept.parent.name == ".sandbox-failed"
