@@ -421,6 +421,7 @@ class Coordinator:
                 loaded,
                 past_deadline=past_deadline,
                 pids_limit_hits=watchdog.pids_limit_hits,
+                memory_peak_bytes=watchdog.memory_peak_bytes,
             )
         finally:
             if watchdog is not None:
@@ -569,6 +570,27 @@ def _effective_limits(
     }
 
 
+# A SIGKILL we did not send, with the cgroup's memory high-water mark this close to the limit,
+# is the OOM killer even when the engine's flag says otherwise.
+OOM_PEAK_FRACTION = 0.9
+
+
+def _killed_at_memory_limit(
+    state: ExitState,
+    reason: str | None,
+    memory_peak_bytes: int | None,
+    memory_mb: int,
+    *,
+    past_deadline: bool,
+) -> bool:
+    """gVisor can kill a task for memory inside the sandbox before the host cgroup's OOM killer
+    acts; the engine then reports exit 137 without ``OOMKilled``. Seen from outside it is still
+    the memory limit that ended the run."""
+    if state.exit_code != 137 or reason is not None or past_deadline or memory_peak_bytes is None:
+        return False
+    return memory_peak_bytes >= OOM_PEAK_FRACTION * memory_mb * 1024 * 1024
+
+
 def _classify(
     outcome: Outcome,
     state: ExitState,
@@ -578,14 +600,17 @@ def _classify(
     *,
     past_deadline: bool,
     pids_limit_hits: int = 0,
+    memory_peak_bytes: int | None = None,
 ) -> None:
     """Status from the engine's report and the watchdog's reason, never from the script.
 
     A tool that failed or hung after hitting its process limit failed *because* of the limit;
     one that coped with it and exited 0 is ok."""
-    outcome.exit_code = state.exit_code
-    outcome.oom_killed = state.oom_killed
     limits = loaded.policy.limits
+    outcome.exit_code = state.exit_code
+    outcome.oom_killed = state.oom_killed or _killed_at_memory_limit(
+        state, reason, memory_peak_bytes, limits.memory_mb, past_deadline=past_deadline
+    )
     if reason == "interrupted":
         outcome.fail(Interrupted("the run was interrupted; its container was removed"))
     elif reason == "stream":
@@ -603,7 +628,7 @@ def _classify(
                 limit="output.max_mb",
             )
         )
-    elif state.oom_killed:
+    elif outcome.oom_killed:
         outcome.fail(
             ResourceLimit(
                 f"the tool ran out of memory (limit {limits.memory_mb} MiB)", limit="memory_mb"

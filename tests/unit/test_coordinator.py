@@ -133,6 +133,19 @@ def test_cancel_removes_the_container_and_reports_interrupted(
     assert runtime.live == {}
 
 
+def test_sigkill_at_the_memory_limit_without_the_oom_flag_is_still_resource_limit(run: Run) -> None:
+    # gVisor kills for memory inside the sandbox; the engine then reports 137 and no OOM flag.
+    frames = run(FakeContainer(exit_code=137, memory_peak_bytes=127 * 1024 * 1024))
+    assert frames[-1]["status"] == "resource_limit"
+    assert frames[-1]["oom_killed"] is True
+
+
+def test_sigkill_far_below_the_memory_limit_is_a_tool_error(run: Run) -> None:
+    frames = run(FakeContainer(exit_code=137, memory_peak_bytes=10 * 1024 * 1024))
+    assert frames[-1]["status"] == "tool_error"
+    assert frames[-1]["oom_killed"] is False
+
+
 def test_pids_limit_hit_and_a_failing_tool_is_resource_limit(run: Run) -> None:
     frames = run(FakeContainer(exit_code=1, pids_limit_hits=3, block_until_killed=False))
     assert frames[-1]["status"] == "resource_limit"
