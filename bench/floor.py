@@ -1,9 +1,15 @@
 """The floor: the bare docker SDK doing the same work as one run, with the same hardening.
 
-create (the very kwargs ``build_spec(...).create_kwargs()`` gives the coordinator) -> attach the
-raw socket (``logs=0``, before start) -> write the request line to stdin -> start -> read the
-attach socket to EOF without parsing it -> wait -> remove. Nothing of ``sandbox`` runs on the
-clock except ``build_spec``, a pure function of a few microseconds.
+create -> attach the raw socket (``logs=0``, before start) -> write the request line to stdin ->
+start -> read the attach socket to EOF without parsing it -> wait -> remove. Nothing of
+``sandbox`` runs on the clock except ``build_spec``, a pure function of a few microseconds.
+
+The create kwargs are ``build_spec(...).create_kwargs()``, the coordinator's own, with one
+difference in the default (conventional) floor: the network is switched off the way a user of
+the SDK or ``docker run --network none`` does it, ``network_mode="none"`` alone. Our spec also
+sets ``NetworkDisabled``, which gives the same isolation (only loopback; tested) without the
+engine's network-sandbox setup and is one of the lean-start choices the bench measures
+(docs/performance.md). ``lean=True`` gives the floor with exactly our kwargs, reported beside it.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ class Cycle:
 class Floor:
     """Bare SDK lifecycles on one low-level client (connection reused, as a server would)."""
 
-    def __init__(self, loaded: LoadedPolicy, owner: Owner) -> None:
+    def __init__(self, loaded: LoadedPolicy, owner: Owner, *, lean: bool = False) -> None:
         self.api = docker.APIClient(version="auto")
         self.loaded = loaded
         self.owner = owner
+        self.lean = lean
 
     def close(self) -> None:
         self.api.close()
@@ -56,7 +63,10 @@ class Floor:
             owner=self.owner,
             deadline=time.time() + policy.limits.timeout_s,
         )
-        args = _create_container_args({**spec.create_kwargs(), "version": self.api.api_version})
+        kwargs = spec.create_kwargs()
+        if not self.lean:
+            kwargs["network_disabled"] = False
+        args = _create_container_args({**kwargs, "version": self.api.api_version})
         return dict(args)
 
     def once(self, args: dict[str, Any]) -> Cycle:

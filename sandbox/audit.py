@@ -192,7 +192,7 @@ class AuditLog:
         """Append one run's record; raise InfrastructureError if it cannot be written."""
         try:
             with self._lock, self._locked_file() as fh:
-                prev, seq = _tail(fh)
+                prev, seq = _tail(fh, self.head_path)
                 record = self._build(facts, prev, seq)
                 line = record.model_dump_json().encode() + b"\n"
                 fh.seek(0, os.SEEK_END)
@@ -275,19 +275,54 @@ class AuditLog:
         )
 
 
-def _tail(fh: Any) -> tuple[str, int]:
-    """(sha256 of the last line, number of lines) of an open log; reads it once, in chunks."""
-    fh.seek(0)
-    last = b""
-    count = 0
-    for line in fh:
-        last = line
-        count += 1
+def _tail(fh: Any, head_path: Path) -> tuple[str, int]:
+    """(sha256 of the last line, number of lines) of an open log.
+
+    The head file names both; it is trusted only when the log's actual last line hashes to
+    what it says, so an append costs one short read from the end, not a read of the whole log
+    (which grows by a line per run). A head that is missing or behind (a crash between append
+    and head update) sends us to counting every line."""
+    last = _last_line(fh)
     if last and not last.endswith(b"\n"):
         # A torn write (crash mid-append) must not be silently extended: refuse to chain on it.
         msg = "the audit log's last line is incomplete; run `sandbox audit verify`"
         raise OSError(5, msg)
-    return (sha256_hex(last) if last else GENESIS), count
+    if not last:
+        return GENESIS, 0
+    digest = sha256_hex(last)
+    head = _read_head(head_path)
+    if head is not None and head[1] == digest and head[0] > 0:
+        return digest, head[0]
+    return digest, _count_lines(fh)
+
+
+def _last_line(fh: Any, block: int = 64 * 1024) -> bytes:
+    """The file's last line (with its newline, if it has one), read backwards from the end."""
+    end = fh.seek(0, os.SEEK_END)
+    data: bytes = b""
+    pos = end
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        fh.seek(pos)
+        data = fh.read(step) + data
+        cut = data.rfind(b"\n", 0, len(data) - 1)
+        if cut >= 0:
+            return data[cut + 1 :]
+    return data
+
+
+def _count_lines(fh: Any) -> int:
+    fh.seek(0)
+    return sum(1 for _ in fh)
+
+
+def _read_head(head_path: Path) -> tuple[int, str] | None:
+    try:
+        head = json.loads(head_path.read_bytes())
+        return int(head["lines"]), str(head["last_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --- reading and verifying --------------------------------------------------------------------

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger
-
 from . import hostcheck, staging
 from .audit import AuditLog, RunFacts
 from .errors import (
@@ -32,6 +30,7 @@ from .errors import (
     ToolError,
 )
 from .frames import Frame, FrameFactory
+from .log import logger
 from .policy import LoadedPolicy, PolicyCache, authorize, effective_timeout
 from .request import Request
 from .runtime import Attachment, ContainerRuntime, ExitState, ResourceUsage
@@ -255,7 +254,7 @@ class Coordinator:
         except SandboxError as exc:
             outcome.fail(exc)
         except Exception as exc:  # noqa: BLE001 - a bug must still end the run with an exit frame
-            logger.opt(exception=exc).error("internal error in run {}", frames.run_id)
+            logger.error("internal error in run {}", frames.run_id, exception=exc)
             outcome.fail(InfrastructureError(f"internal error: {type(exc).__name__}: {exc}"))
         duration = self.clock() - began
         if audit_ok:

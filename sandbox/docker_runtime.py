@@ -1,31 +1,25 @@
-"""The Docker engine behind ``ContainerRuntime``: the only module (with ``images``) that imports
-docker and requests, and the one place their errors become ours.
+"""The Docker engine behind ``ContainerRuntime``, spoken to through ``engine.EngineClient``; the
+one place engine errors become ours.
 
-Engine facts this module relies on (../shared/notes/engine.md): attach with ``logs=False`` and
-before ``start()``; the log driver is ``none`` so output never piles up in the daemon; never
-``containers.run()`` (it pulls and raises on non-zero exit).
+Engine facts this module relies on (../shared/notes/engine.md): attach with ``logs=0`` and
+before start; the log driver is ``none`` so output never piles up in the daemon; never
+``containers.run()`` semantics (pull, raise on non-zero exit).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-import docker
-import docker.errors
-import requests.exceptions
-from docker.models.containers import (  # type: ignore[attr-defined]
-    _create_container_args,  # the SDK's own create() mapping; avoids create()'s extra inspect
-)
-from loguru import logger
-
+from .engine import EngineClient, EngineError, EngineUnreachable, container_path
 from .errors import InfrastructureError, SandboxError
+from .log import logger
 from .retry import transient_retry
 from .runtime import (
     Attachment,
@@ -76,32 +70,24 @@ def _read_counter(container_id: str, candidates: tuple[str, ...], prefix: str = 
 
 def _is_transient(exc: BaseException) -> bool:
     """Connection hiccups and 5xx answers; never a 4xx (the request itself is wrong)."""
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+    if isinstance(exc, EngineUnreachable):
         return True
-    if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
-        return bool(exc.status_code >= 500)
-    return False
+    return isinstance(exc, EngineError) and exc.status >= 500
 
 
 @contextmanager
 def translated(action: str) -> Iterator[None]:
-    """Turn docker/requests errors raised by ``action`` into InfrastructureError."""
+    """Turn engine errors raised by ``action`` into InfrastructureError."""
     try:
         yield
     except SandboxError:
         raise
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+    except EngineUnreachable as exc:
         msg = f"Docker engine unreachable while trying to {action}: {exc}"
         raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
-    except docker.errors.APIError as exc:
-        msg = f"Docker engine refused to {action}: {exc.explanation or exc}"
-        raise InfrastructureError(
-            msg,
-            status_code=exc.status_code,
-        ) from exc
-    except docker.errors.DockerException as exc:
-        msg = f"Docker failed to {action}: {exc}"
-        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
+    except EngineError as exc:
+        msg = f"Docker engine refused to {action}: {exc.message}"
+        raise InfrastructureError(msg, status_code=exc.status) from exc
 
 
 def is_not_found(exc: InfrastructureError) -> bool:
@@ -151,9 +137,9 @@ class Demuxer:
 class DockerAttachment:
     """A hijacked attach connection: stdin in, multiplexed stdout/stderr out."""
 
-    def __init__(self, sock: socket.socket, keepalive: Any) -> None:
+    def __init__(self, sock: socket.socket, early: bytes = b"") -> None:
         self._sock = sock
-        self._keepalive = keepalive  # the SDK's response object owns the connection
+        self._early = early  # stream bytes that came with the upgrade's response head
         self._writer: threading.Thread | None = None
         self._closed = False
 
@@ -172,6 +158,9 @@ class DockerAttachment:
 
     def chunks(self) -> Iterator[tuple[StreamName, bytes]]:
         demux = Demuxer()
+        if self._early:
+            yield from demux.feed(self._early)
+            self._early = b""
         while True:
             try:
                 data = self._sock.recv(_RECV_BYTES)
@@ -194,23 +183,23 @@ class DockerAttachment:
 
 
 class DockerRuntime:
-    """``ContainerRuntime`` over the docker SDK's low-level API client."""
+    """``ContainerRuntime`` over the Engine API."""
 
-    def __init__(self, client: docker.DockerClient | None = None, timeout_s: int = 60) -> None:
+    def __init__(self, client: EngineClient | None = None, timeout_s: int = 60) -> None:
         self._given = client
         self._timeout_s = timeout_s
+        self._client: EngineClient | None = None
         self._checked_images: set[tuple[str, str]] = set()
 
-    @cached_property
-    def client(self) -> docker.DockerClient:
-        if self._given is not None:
-            return self._given
-        with translated("connect"):
-            return docker.from_env(version="auto", timeout=self._timeout_s)
-
     @property
-    def api(self) -> docker.APIClient:
-        return self.client.api
+    def client(self) -> EngineClient:
+        if self._client is None:
+            with translated("connect"):
+                self._client = self._given or EngineClient(timeout_s=self._timeout_s)
+        return self._client
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.client.request(method, path, **kwargs)
 
     def _retrying(self, action: str, call: Callable[[], T]) -> T:
         with translated(action):
@@ -220,11 +209,14 @@ class DockerRuntime:
         if (name, pinned_id) in self._checked_images:
             return
         try:
-            actual = self._retrying("inspect image", lambda: self.api.inspect_image(name))["Id"]  # type: ignore[no-untyped-call]
+            found = self._retrying(
+                "inspect image", lambda: self._call("GET", f"/images/{name}/json")
+            )
         except InfrastructureError as exc:
             if not is_not_found(exc):
                 raise
             raise missing_image(name) from exc
+        actual = found["Id"]
         if actual != pinned_id:
             msg = f"image {name} is {actual}, but the policy pins {pinned_id}"
             raise InfrastructureError(
@@ -238,18 +230,21 @@ class DockerRuntime:
         self._checked_images.add((name, pinned_id))
 
     def create(self, spec: ContainerSpec) -> str:
-        kwargs = _create_container_args({**spec.create_kwargs(), "version": self.api.api_version})
+        body = spec.engine_body()
         run_id = dict(spec.labels)[LABEL_RUN_ID]
 
         def create_once() -> str:
             try:
-                return str(self.api.create_container(**kwargs)["Id"])
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
+                made = self._call(
+                    "POST", "/containers/create", params={"name": spec.name}, body=body
+                )
+                return str(made["Id"])
+            except EngineError as exc:
+                if exc.status != 409:
                     raise
                 # A retried create whose first attempt reached the engine: adopt it if ours.
-                found = self.api.inspect_container(spec.name)
-                if found["Config"]["Labels"].get(LABEL_RUN_ID) != run_id:
+                found = self._call("GET", container_path(spec.name, "/json"))
+                if (found["Config"]["Labels"] or {}).get(LABEL_RUN_ID) != run_id:
                     raise
                 return str(found["Id"])
 
@@ -258,20 +253,19 @@ class DockerRuntime:
     def attach(self, container_id: str) -> Attachment:
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
         with translated("attach to the container"):
-            raw = self.api.attach_socket(container_id, params=params)
-        sock = raw._sock if hasattr(raw, "_sock") else raw
+            sock, early = self.client.hijack(container_path(container_id, "/attach"), params)
         # The client's request timeout would end a quiet run's stream; the watchdog bounds it.
         sock.settimeout(None)
-        return DockerAttachment(sock, keepalive=raw)
+        return DockerAttachment(sock, early)
 
     def start(self, container_id: str) -> None:
         with translated("start the container"):
-            self.api.start(container_id)
+            self._call("POST", container_path(container_id, "/start"))
 
     def kill(self, container_id: str) -> None:
         try:
             with translated("kill the container"):
-                self.api.kill(container_id)
+                self._call("POST", container_path(container_id, "/kill"))
         except InfrastructureError as exc:
             if exc.details.get("status_code") in (404, 409):
                 return  # gone or not running: the goal is met
@@ -279,23 +273,26 @@ class DockerRuntime:
 
     def wait(self, container_id: str, timeout_s: float) -> ExitState:
         with translated("wait for the container"):
-            status = self.api.wait(container_id, timeout=int(timeout_s) + 1)
+            status = self._call(
+                "POST", container_path(container_id, "/wait"), timeout_s=int(timeout_s) + 1
+            )
         state = self._retrying(
-            "inspect the container", lambda: self.api.inspect_container(container_id)["State"]
+            "inspect the container",
+            lambda: self._call("GET", container_path(container_id, "/json"))["State"],
         )
         return ExitState(
-            exit_code=int(status.get("StatusCode", state.get("ExitCode", -1))),
+            exit_code=int((status or {}).get("StatusCode", state.get("ExitCode", -1))),
             oom_killed=bool(state.get("OOMKilled", False)),
         )
 
     def remove(self, container_id: str) -> None:
         def remove_once() -> None:
             try:
-                self.api.remove_container(container_id, force=True, v=True)
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409 and "already in progress" in str(exc.explanation):
+                self._call("DELETE", container_path(container_id), params={"force": "1", "v": "1"})
+            except EngineError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status == 409 and "already in progress" in exc.message:
                     return
                 raise
 
@@ -309,9 +306,10 @@ class DockerRuntime:
         )
 
     def list_managed(self) -> list[ManagedContainer]:
+        filters = json.dumps({"label": [LABEL_MANAGED]})
         found = self._retrying(
             "list containers",
-            lambda: self.api.containers(all=True, filters={"label": LABEL_MANAGED}),
+            lambda: self._call("GET", "/containers/json", params={"all": "1", "filters": filters}),
         )
         return [
             ManagedContainer(
@@ -325,8 +323,8 @@ class DockerRuntime:
 
     def info(self) -> EngineInfo:
         with translated("read the engine's version"):
-            version = self.api.version()
-            info = self.api.info()
+            version = self._call("GET", "/version")
+            info = self._call("GET", "/info")
         runtimes = info.get("Runtimes") or {}
         return EngineInfo(
             version=str(version.get("Version", "?")),

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
-from loguru import logger
 
 from .errors import InfrastructureError
+from .log import logger
 from .spec import Owner
 
 # Memory the host keeps for itself and the engine, on top of what runs may claim.

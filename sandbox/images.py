@@ -27,9 +27,10 @@ from typing import IO, Any, cast
 
 import docker
 import docker.errors
+import requests.exceptions
 
-from .docker_runtime import ENGINE_FIX, is_not_found, missing_image, translated
-from .errors import InfrastructureError, InvalidRequest, PolicyFileError
+from .docker_runtime import ENGINE_FIX, is_not_found, missing_image
+from .errors import InfrastructureError, InvalidRequest, PolicyFileError, SandboxError
 from .policy import LoadedPolicy, parse_policy, read_policy
 
 BASE = "base"
@@ -46,6 +47,24 @@ _BUILT_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
+
+
+@contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn docker SDK / requests errors raised by ``action`` into InfrastructureError."""
+    try:
+        yield
+    except SandboxError:
+        raise
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        msg = f"Docker engine unreachable while trying to {action}: {exc}"
+        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
+    except docker.errors.APIError as exc:
+        msg = f"Docker engine refused to {action}: {exc.explanation or exc}"
+        raise InfrastructureError(msg, status_code=exc.status_code) from exc
+    except docker.errors.DockerException as exc:
+        msg = f"Docker failed to {action}: {exc}"
+        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
 
 
 # --- where things are -------------------------------------------------------------------------

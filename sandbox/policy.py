@@ -30,48 +30,84 @@ NON_TOOL_FILES = frozenset({"baseline.yaml"})
 
 
 class _Strict(BaseModel):
-    # Attribute docstrings become schema descriptions, so editors show them (policy schema).
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
-    )
+    # Field descriptions become schema descriptions, so editors show them (policy schema).
+    # Spelled out rather than taken from attribute docstrings: extracting those reads and
+    # parses this module's source at import, on every `sandbox run`.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ImageRef(_Strict):
-    name: str = Field(min_length=1, max_length=255, pattern=r"^[a-z0-9][a-z0-9._/:-]*$")
-    """Repository (and optional tag) the image is built as, e.g. ``sandbox/dbt``."""
-    id: str = Field(pattern=IMAGE_ID_RE)
-    """The pinned image id; a run refuses any image whose id differs."""
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[a-z0-9][a-z0-9._/:-]*$",
+        description="Repository (and optional tag) the image is built as, e.g. ``sandbox/dbt``.",
+    )
+    id: str = Field(
+        pattern=IMAGE_ID_RE,
+        description="The pinned image id; a run refuses any image whose id differs.",
+    )
 
 
 class InputsPolicy(_Strict):
-    allowed_roots: list[str] = Field(default_factory=list)
-    """Host directories (relative to the policy file) under which request inputs must lie."""
-    max: int = Field(default=0, ge=0, le=64)
-    """How many inputs one request may mount (read-only)."""
+    allowed_roots: list[str] = Field(
+        default_factory=list,
+        description="Host directories (relative to the policy file) under which request inputs "
+        "must lie.",
+    )
+    max: int = Field(
+        default=0, ge=0, le=64, description="How many inputs one request may mount (read-only)."
+    )
 
 
 class OutputPolicy(_Strict):
-    required: bool = False
-    """Whether a request must name an output directory."""
-    max_mb: int = Field(default=64, ge=1, le=1024 * 1024)
-    """Total size the script may write under /output (and the largest single file)."""
+    required: bool = Field(
+        default=False, description="Whether a request must name an output directory."
+    )
+    max_mb: int = Field(
+        default=64,
+        ge=1,
+        le=1024 * 1024,
+        description="Total size the script may write under /output (and the largest single file).",
+    )
 
 
 class Limits(_Strict):
-    timeout_s: float = Field(default=60.0, gt=0, le=24 * 3600)
-    """Wall-clock deadline of a run; a request may lower it, never raise it."""
-    memory_mb: int = Field(default=512, ge=32, le=1024 * 1024)
-    """Memory limit; swap is the same value, so the container gets no swap."""
-    cpus: float = Field(default=1.0, gt=0, le=256)
-    """CPU quota in cores."""
-    pids: int = Field(default=128, ge=8, le=65536)
-    """The tool's own processes and threads."""
-    tmpfs_mb: int = Field(default=64, ge=1, le=1024 * 1024)
-    """Size of the /tmp tmpfs; it counts against memory, so it must be below ``memory_mb``."""
-    stdout_mb: int = Field(default=64, ge=1, le=1024 * 1024)
-    """Bytes the script may write to stdout and stderr together."""
-    frame_kb: int = Field(default=MAX_FRAME_KB, ge=4, le=MAX_FRAME_KB)
-    """Longest frame line in KiB (the protocol caps it at 1 MiB)."""
+    timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=24 * 3600,
+        description="Wall-clock deadline of a run; a request may lower it, never raise it.",
+    )
+    memory_mb: int = Field(
+        default=512,
+        ge=32,
+        le=1024 * 1024,
+        description="Memory limit; swap is the same value, so the container gets no swap.",
+    )
+    cpus: float = Field(default=1.0, gt=0, le=256, description="CPU quota in cores.")
+    pids: int = Field(
+        default=128, ge=8, le=65536, description="The tool's own processes and threads."
+    )
+    tmpfs_mb: int = Field(
+        default=64,
+        ge=1,
+        le=1024 * 1024,
+        description="Size of the /tmp tmpfs; it counts against memory, so it must be below "
+        "``memory_mb``.",
+    )
+    stdout_mb: int = Field(
+        default=64,
+        ge=1,
+        le=1024 * 1024,
+        description="Bytes the script may write to stdout and stderr together.",
+    )
+    frame_kb: int = Field(
+        default=MAX_FRAME_KB,
+        ge=4,
+        le=MAX_FRAME_KB,
+        description="Longest frame line in KiB (the protocol caps it at 1 MiB).",
+    )
 
     @model_validator(mode="after")
     def _tmpfs_within_memory(self) -> Limits:
@@ -82,45 +118,67 @@ class Limits(_Strict):
 
 
 class PoolPolicy(_Strict):
-    warm: int = Field(default=0, ge=0, le=16)
-    """Containers to keep created ahead of need (used by ``sandbox serve``)."""
+    warm: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Containers to keep created ahead of need (used by ``sandbox serve``).",
+    )
 
 
 class Policy(_Strict):
     """One whitelisted tool: what it runs, from which image, with which limits."""
 
-    version: Literal[1]
-    """Policy format version."""
-    tool: str = Field(pattern=TOOL_NAME_RE.pattern)
-    """Tool name; equals the file name without ``.yaml``."""
-    description: str = Field(default="", max_length=2000)
-    """What the tool does, for humans."""
-    image: ImageRef
-    """The image and its pinned id."""
-    command: list[str] = Field(min_length=1, max_length=64)
-    """Argv run in the container; fixed by the policy, requests never build commands."""
-    args_schema: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "object", "additionalProperties": False}
+    version: Literal[1] = Field(description="Policy format version.")
+    tool: str = Field(
+        pattern=TOOL_NAME_RE.pattern,
+        description="Tool name; equals the file name without ``.yaml``.",
     )
-    """JSON Schema (draft 2020-12) the request's ``args`` must satisfy."""
-    inputs: InputsPolicy = InputsPolicy()
-    """Which host paths a request may mount read-only."""
-    output: OutputPolicy = OutputPolicy()
-    """The output directory rules."""
-    limits: Limits = Limits()
-    """Resource limits, the strict ones by default."""
-    network: str = Field(default="none", pattern=r"^[a-z][a-z0-9_.-]{0,63}$")
-    """``none``; anything else needs ``justification.network``."""
-    runtime: Literal["runc", "runsc"] = "runc"
-    """OCI runtime: runc, or runsc (gVisor) for a second kernel boundary."""
-    user: str = Field(default="65532:65532", pattern=r"^[0-9]{1,10}(:[0-9]{1,10})?$")
-    """Numeric uid:gid; never root."""
-    env: dict[str, str] = Field(default_factory=dict)
-    """Fixed environment; the host environment never leaks in."""
-    justification: dict[str, str] = Field(default_factory=dict)
-    """Reviewer-facing reason for every relaxation, keyed by the relaxed field."""
-    pool: PoolPolicy = PoolPolicy()
-    """Warm-pool sizing for ``sandbox serve``."""
+    description: str = Field(
+        default="", max_length=2000, description="What the tool does, for humans."
+    )
+    image: ImageRef = Field(description="The image and its pinned id.")
+    command: list[str] = Field(
+        min_length=1,
+        max_length=64,
+        description="Argv run in the container; fixed by the policy, requests never build "
+        "commands.",
+    )
+    args_schema: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "additionalProperties": False},
+        description="JSON Schema (draft 2020-12) the request's ``args`` must satisfy.",
+    )
+    inputs: InputsPolicy = Field(
+        default=InputsPolicy(), description="Which host paths a request may mount read-only."
+    )
+    output: OutputPolicy = Field(default=OutputPolicy(), description="The output directory rules.")
+    limits: Limits = Field(
+        default=Limits(), description="Resource limits, the strict ones by default."
+    )
+    network: str = Field(
+        default="none",
+        pattern=r"^[a-z][a-z0-9_.-]{0,63}$",
+        description="``none``; anything else needs ``justification.network``.",
+    )
+    runtime: Literal["runc", "runsc"] = Field(
+        default="runc",
+        description="OCI runtime: runc, or runsc (gVisor) for a second kernel boundary.",
+    )
+    user: str = Field(
+        default="65532:65532",
+        pattern=r"^[0-9]{1,10}(:[0-9]{1,10})?$",
+        description="Numeric uid:gid; never root.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Fixed environment; the host environment never leaks in."
+    )
+    justification: dict[str, str] = Field(
+        default_factory=dict,
+        description="Reviewer-facing reason for every relaxation, keyed by the relaxed field.",
+    )
+    pool: PoolPolicy = Field(
+        default=PoolPolicy(), description="Warm-pool sizing for ``sandbox serve``."
+    )
 
     @field_validator("user")
     @classmethod

@@ -23,9 +23,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from loguru import logger
-
 from .errors import SandboxError
+from .log import logger
 from .policy import LoadedPolicy
 from .runtime import ContainerRuntime
 from .spec import ContainerSpec, Owner, build_spec

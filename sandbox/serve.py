@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from loguru import logger
 from pydantic import ValidationError
 
 from . import __version__
@@ -30,6 +29,7 @@ from .coordinator import new_run_id, refused_frames
 from .errors import InfrastructureError, Interrupted, InvalidRequest, SandboxError
 from .frames import PROTOCOL_VERSION, Frame, encode
 from .hostcheck import HostSnapshot
+from .log import logger
 from .metrics import Job, Metrics
 from .policy import tool_rows
 from .request import MAX_REQUEST_BYTES, Request, loads_strict, request_from_data
@@ -263,7 +263,7 @@ class Server:
         except SandboxError as exc:
             self._error(message.id, SANDBOX_ERROR, str(exc), _error_data(exc))
         except Exception as exc:  # noqa: BLE001 - a bug answers one call and keeps serving
-            logger.opt(exception=exc).error("internal error in {}", message.method)
+            logger.error("internal error in {}", message.method, exception=exc)
             self._error(message.id, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
         else:
             if result is not _DEFERRED:
@@ -418,7 +418,7 @@ class Server:
             frames = self._backend.run(job.request, run_id=job.run_id, cancel=job.cancel)
             last = self._emit(job, frames)
         except Exception as exc:  # noqa: BLE001 - the call must still be answered
-            logger.opt(exception=exc).error("run {} failed inside the server", job.run_id)
+            logger.error("run {} failed inside the server", job.run_id, exception=exc)
             last = None
         try:
             if last is None:

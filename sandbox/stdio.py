@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from loguru import logger
+from .log import logger
 
 WRITE_BUFFER_BYTES = 8 * 1024 * 1024
 

@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from loguru import logger
-
 from ..errors import SandboxError
+from ..log import logger
 from . import policy_dir
 
 DEFAULT_OUTPUT = "out/images-scan"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, BinaryIO
 
-from loguru import logger
+from ..log import logger
 
 
 def _count(minimum: int) -> Callable[[str], int]:

@@ -14,63 +14,48 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import docker.errors
 import pytest
-import requests.exceptions
 
 from sandbox import retry
 from sandbox.docker_runtime import DockerRuntime
 from sandbox.errors import InfrastructureError
+from sandbox.log import logger
 from sandbox.policy import Policy
 from sandbox.spec import ContainerSpec, Owner, build_spec
 from tests.conftest import ROOT, PolicyDir, containers_for_run, make_policy_dir, run_cli
+from tests.engine_stub import HANG_UP, EngineStub, Reply, error, upgrade
+from tests.engine_stub import engine_stub as engine_stub  # the fixture
 
 from .conftest import SecurityEnv, tree_digest
 
-# --- transient engine errors (unit level: a fake docker API client) ---------------------------
+# --- transient engine errors (unit level: the real EngineClient against a scripted engine) ------
+
+IMAGE_ID = "sha256:" + "a" * 64
+# What a scripted failure looks like on the wire: a connection cut before any answer and an
+# engine-side error are transient; a refused request (4xx) is not.
+TRANSIENT = {"hang-up": HANG_UP, "500": error(500)}
+CREATE = ("POST", "/containers/create")
+INSPECT_IMAGE = ("GET", "/images/sandbox/testkit/json")
+REMOVE = ("DELETE", "/containers/c1")
+LIST = ("GET", "/containers/json")
+START = ("POST", "/containers/c1/start")
+ATTACH = ("POST", "/containers/c1/attach")
 
 
-class FakeAPI:
-    """The slice of docker.APIClient DockerRuntime uses; each method fails as scripted."""
-
-    api_version = "1.41"
-
-    def __init__(self, failures: dict[str, list[Exception]]) -> None:
-        self.failures = failures
-        self.calls: list[str] = []
-
-    def _call(self, name: str, result: Any) -> Any:
-        self.calls.append(name)
-        pending = self.failures.get(name)
-        if pending:
-            raise pending.pop(0)
-        return result
-
-    def create_container(self, **_kwargs: Any) -> Any:
-        return self._call("create_container", {"Id": "c1"})
-
-    def inspect_container(self, _cid: str) -> Any:
-        return self._call("inspect_container", {"State": {"ExitCode": 0, "OOMKilled": False}})
-
-    def remove_container(self, _cid: str, **_kwargs: Any) -> Any:
-        return self._call("remove_container", None)
-
-    def containers(self, **_kwargs: Any) -> Any:
-        return self._call("containers", [])
-
-    def inspect_image(self, _name: str) -> Any:
-        return self._call("inspect_image", {"Id": "sha256:" + "a" * 64})
-
-    def start(self, _cid: str) -> Any:
-        return self._call("start", None)
-
-    def attach_socket(self, _cid: str, **_kwargs: Any) -> Any:
-        return self._call("attach_socket", None)
+@pytest.fixture
+def engine(engine_stub: EngineStub) -> EngineStub:
+    """The stub engine with every endpoint the tests call answering as a healthy engine."""
+    engine_stub.route(*CREATE, Reply(201, {"Id": "c1", "Warnings": []}))
+    engine_stub.route(*INSPECT_IMAGE, Reply(200, {"Id": IMAGE_ID}))
+    engine_stub.route(*REMOVE, Reply(204))
+    engine_stub.route(*LIST, Reply(200, []))
+    engine_stub.route(*START, Reply(204))
+    engine_stub.route(*ATTACH, upgrade())
+    return engine_stub
 
 
-class FakeClient:
-    def __init__(self, api: FakeAPI) -> None:
-        self.api = api
+def _runtime(engine: EngineStub) -> DockerRuntime:
+    return DockerRuntime(client=engine.client())
 
 
 def _spec() -> ContainerSpec:
@@ -78,7 +63,7 @@ def _spec() -> ContainerSpec:
         {
             "version": 1,
             "tool": "echo",
-            "image": {"name": "sandbox/testkit", "id": "sha256:" + "a" * 64},
+            "image": {"name": "sandbox/testkit", "id": IMAGE_ID},
             "command": ["python3", "/opt/testkit/main.py"],
         }
     )
@@ -94,22 +79,9 @@ def _spec() -> ContainerSpec:
     )
 
 
-def _conn_error() -> Exception:
-    return requests.exceptions.ConnectionError("connection reset by peer")
-
-
-def _server_error() -> Exception:
-    return docker.errors.APIError("boom", response=_Response(500))  # type: ignore[arg-type]
-
-
-class _Response:
-    def __init__(self, status: int) -> None:
-        self.status_code = status
-        self.reason = "error"
-        self.url = "http://docker/x"
-
-    def json(self) -> Any:
-        return {"message": "engine hiccup"}
+def _calls(engine: EngineStub) -> dict[tuple[str, str], int]:
+    """Requests per endpoint, the version handshake left out."""
+    return {k: n for k, n in engine.calls.items() if k != ("GET", "/_ping")}
 
 
 @pytest.fixture
@@ -120,78 +92,101 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return recorded
 
 
-@pytest.mark.parametrize(
-    ("method", "call", "error"),
-    [
-        ("create_container", lambda rt: rt.create(_spec()), _conn_error),
-        (
-            "inspect_image",
-            lambda rt: rt.check_image("sandbox/testkit", "sha256:" + "a" * 64),
-            _server_error,
-        ),
-        ("remove_container", lambda rt: rt.remove("c1"), _conn_error),
-        ("containers", lambda rt: rt.list_managed(), _server_error),
-    ],
-)
+IDEMPOTENT: list[Any] = [
+    pytest.param(CREATE, lambda rt: rt.create(_spec()), id="create"),
+    pytest.param(
+        INSPECT_IMAGE, lambda rt: rt.check_image("sandbox/testkit", IMAGE_ID), id="inspect-image"
+    ),
+    pytest.param(REMOVE, lambda rt: rt.remove("c1"), id="remove"),
+    pytest.param(LIST, lambda rt: rt.list_managed(), id="list"),
+]
+
+
+@pytest.mark.parametrize("failure", list(TRANSIENT))
+@pytest.mark.parametrize(("endpoint", "call"), IDEMPOTENT)
 def test_transient_errors_on_idempotent_calls_are_retried(
-    method: str, call: Any, error: Any, sleeps: list[float]
+    engine: EngineStub,
+    endpoint: tuple[str, str],
+    call: Any,
+    failure: str,
+    sleeps: list[float],
 ) -> None:
-    api = FakeAPI({method: [error(), error()]})
-    call(DockerRuntime(client=FakeClient(api)))  # type: ignore[arg-type]
-    assert api.calls.count(method) == 3
+    engine.script(*endpoint, TRANSIENT[failure], TRANSIENT[failure])
+    call(_runtime(engine))
+    assert _calls(engine) == {endpoint: 3}
     assert len(sleeps) == 2
     assert all(0 <= s <= 2.0 for s in sleeps)  # jittered exponential back-off, capped
 
 
-def test_retries_are_bounded_then_the_error_surfaces(sleeps: list[float]) -> None:
-    api = FakeAPI({"remove_container": [_conn_error() for _ in range(10)]})
-    with pytest.raises(InfrastructureError):
-        DockerRuntime(client=FakeClient(api)).remove("c1")  # type: ignore[arg-type]
-    assert api.calls.count("remove_container") == retry.ATTEMPTS
+@pytest.mark.parametrize("failure", list(TRANSIENT))
+def test_retries_are_bounded_then_the_error_surfaces(
+    engine: EngineStub, failure: str, sleeps: list[float]
+) -> None:
+    engine.script(*REMOVE, *[TRANSIENT[failure]] * 10)
+    with pytest.raises(InfrastructureError) as caught:
+        _runtime(engine).remove("c1")
+    assert _calls(engine) == {REMOVE: retry.ATTEMPTS}
     assert len(sleeps) == retry.ATTEMPTS - 1
+    if failure == "500":
+        assert caught.value.details["status_code"] == 500
+        assert "engine hiccup" in str(caught.value)
+    else:
+        assert "unreachable" in str(caught.value)
 
 
-def test_retries_are_jittered(sleeps: list[float]) -> None:
+def test_retries_are_jittered(engine: EngineStub, sleeps: list[float]) -> None:
     for _ in range(5):
-        api = FakeAPI({"containers": [_conn_error()]})
-        DockerRuntime(client=FakeClient(api)).list_managed()  # type: ignore[arg-type]
+        engine.script(*LIST, HANG_UP)
+        assert _runtime(engine).list_managed() == []
+    assert _calls(engine) == {LIST: 10}
+    assert len(sleeps) == 5
     assert len(set(sleeps)) > 1
 
 
-def test_client_errors_are_not_retried(sleeps: list[float]) -> None:
-    refused = docker.errors.APIError("nope", response=_Response(400))  # type: ignore[arg-type]
-    api = FakeAPI({"inspect_image": [refused]})
-    with pytest.raises(InfrastructureError):
-        DockerRuntime(client=FakeClient(api)).check_image("x", "sha256:" + "a" * 64)  # type: ignore[arg-type]
-    assert api.calls == ["inspect_image"]
+def test_client_errors_are_not_retried(engine: EngineStub, sleeps: list[float]) -> None:
+    engine.route("GET", "/images/x/json", error(400, "invalid reference format"))
+    with pytest.raises(InfrastructureError) as caught:
+        _runtime(engine).check_image("x", IMAGE_ID)
+    assert caught.value.details["status_code"] == 400
+    assert _calls(engine) == {("GET", "/images/x/json"): 1}
     assert sleeps == []
 
 
+@pytest.mark.parametrize("failure", list(TRANSIENT))
 @pytest.mark.parametrize(
-    ("method", "call"),
-    [("start", lambda rt: rt.start("c1")), ("attach_socket", lambda rt: rt.attach("c1"))],
+    ("endpoint", "call"),
+    [
+        pytest.param(START, lambda rt: rt.start("c1"), id="start"),
+        pytest.param(ATTACH, lambda rt: rt.attach("c1"), id="attach"),
+    ],
 )
-def test_start_and_attach_are_never_retried(method: str, call: Any, sleeps: list[float]) -> None:
-    api = FakeAPI({method: [_conn_error()]})
+def test_start_and_attach_are_never_retried(
+    engine: EngineStub, endpoint: tuple[str, str], call: Any, failure: str, sleeps: list[float]
+) -> None:
+    engine.script(*endpoint, TRANSIENT[failure])
     with pytest.raises(InfrastructureError):
-        call(DockerRuntime(client=FakeClient(api)))  # type: ignore[arg-type]
-    assert api.calls == [method]
+        call(_runtime(engine))
+    assert _calls(engine) == {endpoint: 1}
     assert sleeps == []
 
 
-def test_retries_are_logged(sleeps: list[float]) -> None:
-    from loguru import logger
+def test_retries_are_logged(engine: EngineStub, sleeps: list[float]) -> None:
+    from loguru import logger as real
 
     messages: list[str] = []
-    logger.enable("sandbox")
-    sink = logger.add(messages.append, level="WARNING", format="{message}")
+    logger.enable("WARNING")
+    sink = real.add(messages.append, level="WARNING", format="{message}")
     try:
-        api = FakeAPI({"containers": [_conn_error()]})
-        DockerRuntime(client=FakeClient(api)).list_managed()  # type: ignore[arg-type]
+        engine.script(*LIST, HANG_UP)
+        _runtime(engine).list_managed()
     finally:
-        logger.remove(sink)
-        logger.disable("sandbox")
-    assert any("list containers" in m and "retrying" in m for m in messages)
+        real.remove(sink)
+        logger.disable()
+    (message,) = messages
+    assert "list containers" in message
+    assert f"attempt 1/{retry.ATTEMPTS}" in message
+    assert "closed the connection" in message
+    assert "retrying" in message
 
 
 # --- the real engine --------------------------------------------------------------------------

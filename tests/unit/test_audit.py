@@ -179,3 +179,42 @@ def test_cli_verify_and_tail(log: AuditLog, capsys: pytest.CaptureFixture[str]) 
     log.path.write_bytes(lines[0] + lines[2])
     assert main(["--audit-log", str(log.path), "audit", "verify"]) == 1
     assert "TAMPERED" in capsys.readouterr().out
+
+
+def test_an_append_reads_the_head_not_the_whole_log(
+    log: AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log grows by a line per run: appending must not cost a read of all of it."""
+    write_runs(log, 5)
+
+    def no_scan(_fh: Any) -> int:
+        raise AssertionError("counted every line although the head was current")
+
+    monkeypatch.setattr("sandbox.audit._count_lines", no_scan)
+    assert log.record(facts("r5")).seq == 5
+    assert verify(log.path).ok
+
+
+@pytest.mark.parametrize(
+    "break_head",
+    [
+        lambda head: head.unlink(),  # lost
+        lambda head: head.write_text('{"lines": 2, "last_sha256": "00"}\n'),  # behind (crash)
+        lambda head: head.write_text("{not json\n"),  # unreadable
+    ],
+)
+def test_an_append_without_a_current_head_counts_the_lines(
+    log: AuditLog, break_head: Callable[[Path], Any]
+) -> None:
+    write_runs(log, 4)
+    break_head(log.head_path)
+    assert log.record(facts("r4")).seq == 4
+    assert verify(log.path).ok
+
+
+def test_an_append_after_a_record_longer_than_the_read_block(log: AuditLog) -> None:
+    long_env = tuple(f"K{i:05d}" for i in range(12_000))  # a record of ~100 KiB
+    log.record(facts("r0", env_keys=long_env))
+    log.record(facts("r1"))
+    assert log.record(facts("r2")).seq == 2
+    assert verify(log.path).ok

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests.exceptions
-
 from sandbox.coordinator import Coordinator, should_reap
 from sandbox.errors import InfrastructureError, InvalidRequest
 from sandbox.fake_runtime import FakeContainer, FakeRuntime
@@ -268,6 +266,15 @@ def test_reap_rule_spares_live_owners_and_takes_dead_ones() -> None:
 
 def test_transient_errors_are_retried_only_for_idempotent_calls() -> None:
     from sandbox.docker_runtime import _is_transient
+    from sandbox.engine import EngineError, EngineUnreachable
 
-    assert _is_transient(requests.exceptions.ConnectionError())
+    def answered(status: int) -> EngineError:
+        return EngineError(status, "x", method="GET", path="/containers/json")
+
+    assert _is_transient(EngineUnreachable("connection reset by peer"))
+    assert _is_transient(answered(500))
+    assert _is_transient(answered(503))
+    assert not _is_transient(answered(400))
+    assert not _is_transient(answered(404))
+    assert not _is_transient(answered(409))
     assert not _is_transient(ValueError())

@@ -191,3 +191,32 @@ def test_container_is_removed_by_us_not_auto_removed(kwargs: dict[str, Any]) -> 
 def test_no_volumes_keyword_ever(kwargs: dict[str, Any]) -> None:
     assert "volumes" not in kwargs
     assert "binds" not in kwargs
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"runtime": "runsc"},
+        {"network": "bridge", "justification": {"network": "fetches X"}},
+        {"env": {"A": "1", "B": "x=y"}, "user": "1000:1000"},
+    ],
+)
+def test_engine_body_is_what_the_docker_sdk_sends_for_create_kwargs(
+    overrides: dict[str, Any],
+) -> None:
+    """The run path posts ``engine_body()`` itself; the flag-by-flag tests above check
+    ``create_kwargs()``; the two must be one container, field for field."""
+    from docker import APIClient
+    from docker.models.containers import (  # type: ignore[attr-defined]
+        _create_container_args,
+    )
+
+    spec = make_spec(**overrides)
+    # An explicit version: the SDK builds the config without contacting any engine.
+    api = APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+    args = _create_container_args({**spec.create_kwargs(), "version": "1.41"})
+    assert args.pop("name") == spec.name
+    assert args.pop("use_config_proxy") is False  # a client-side option, nothing is sent
+    sent = {k: v for k, v in api.create_container_config(**args).items() if v is not None}
+    assert spec.engine_body() == sent
