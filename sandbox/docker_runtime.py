@@ -37,6 +37,7 @@ ENGINE_FIX = (
 )
 _STREAMS: dict[int, StreamName] = {1: "stdout", 2: "stderr"}
 _RECV_BYTES = 256 * 1024
+_HEADER = struct.Struct(">BxxxL")
 
 
 # Where Docker's cgroupfs driver puts a container's counters (cgroup v1, then v2).
@@ -103,35 +104,36 @@ def missing_image(name: str) -> InfrastructureError:
 
 
 class Demuxer:
-    """Splits Docker's multiplexed attach stream (8-byte headers: stream, 0, 0, 0, size)."""
+    """Splits Docker's multiplexed attach stream (8-byte headers: stream, 0, 0, 0, size).
+
+    Payload bytes are passed on as soon as they arrive (a frame split across reads comes out
+    in pieces) and never buffered: only a header cut by a read boundary waits for the next
+    read. Each byte is copied at most once here, so the attach socket's rate is what counts."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._need: int | None = None
+        self._head = b""
+        self._need = 0
         self._stream: StreamName = "stdout"
 
     def feed(self, data: bytes) -> Iterator[tuple[StreamName, bytes]]:
-        self._buf += data
-        while True:
-            if self._need is None:
-                if len(self._buf) < 8:
+        if self._head:
+            data = self._head + data
+            self._head = b""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._need == 0:
+                if end - pos < 8:
+                    self._head = data[pos:]
                     return
-                kind, size = struct.unpack(">BxxxL", self._buf[:8])
-                del self._buf[:8]
+                kind, size = _HEADER.unpack_from(data, pos)
+                pos += 8
                 self._stream = _STREAMS.get(kind, "stderr")
                 self._need = size
-            if self._need == 0:
-                self._need = None
                 continue
-            if not self._buf:
-                return
-            take = min(self._need, len(self._buf))
-            piece = bytes(self._buf[:take])
-            del self._buf[:take]
+            take = min(self._need, end - pos)
+            yield self._stream, (data if take == end else data[pos : pos + take])
+            pos += take
             self._need -= take
-            if self._need == 0:
-                self._need = None
-            yield self._stream, piece
 
 
 class DockerAttachment:

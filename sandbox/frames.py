@@ -108,16 +108,17 @@ class FrameFactory:
         self._seq += 1
         return frame
 
-    def spliced(self, type_: str, payload: Any, raw_payload: bytes) -> EncodedFrame:
-        """A ``data``/``result`` frame whose line reuses ``raw_payload``, the script's own JSON
-        text of ``payload`` (the caller has checked that it is exactly that value, strict and
-        safe to pass on); the envelope is ours, as in ``make``."""
+    def spliced(self, type_: str, payload: Any, script_line: bytes) -> EncodedFrame:
+        """A ``data``/``result`` frame whose line reuses the script's own line,
+        ``{"type":TYPE,"payload":PAYLOAD}``, whose payload text the caller has checked to be
+        exactly ``payload`` (strict and safe to pass on); the envelope is ours, as in ``make``,
+        with the same key order."""
         head: Frame = {"v": PROTOCOL_VERSION, "run_id": self.run_id, "seq": self._seq}
         head["ts"] = utc_now()
+        prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
         head["type"] = type_
         frame = EncodedFrame(head, payload=payload)
-        prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
-        frame.line = prefix + b',"payload":' + raw_payload + b"}\n"
+        frame.line = b"".join((prefix, b",", memoryview(script_line)[1:], b"\n"))
         self._seq += 1
         return frame
 

@@ -63,12 +63,20 @@ def _cut_utf8(data: bytes, limit: int) -> bytes:
 
 
 class LineSplitter:
-    """Splits one stream into lines of at most ``max_line`` bytes (newline excluded)."""
+    """Splits one stream into lines of at most ``max_line`` bytes (newline excluded).
+
+    The pieces of a line that spans chunks are kept as they came and joined once."""
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
-        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._size = 0
         self._discarding = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a line not yet complete (at most ``max_line``)."""
+        return self._size
 
     def feed(self, chunk: bytes) -> Iterator[Line]:
         start = 0
@@ -76,26 +84,28 @@ class LineSplitter:
             end = chunk.find(b"\n", start)
             if end < 0:
                 break
-            yield from self._complete(chunk[start:end])
+            yield from self._complete(chunk[start:end] if start or end < len(chunk) else chunk)
             start = end + 1
         if start < len(chunk):
-            yield from self._partial(chunk[start:])
+            yield from self._partial(chunk[start:] if start else chunk)
 
     def flush(self) -> Iterator[Line]:
         """The unterminated last line at end of stream."""
-        if self._buf and not self._discarding:
-            yield Line(bytes(self._buf))
-        self._buf.clear()
+        if self._parts and not self._discarding:
+            yield Line(b"".join(self._parts))
+        self._parts.clear()
+        self._size = 0
         self._discarding = False
 
     def _complete(self, piece: bytes) -> Iterator[Line]:
         if self._discarding:
             self._discarding = False
             return
-        if self._buf:
-            self._buf += piece
-            piece = bytes(self._buf)
-            self._buf.clear()
+        if self._parts:
+            self._parts.append(piece)
+            piece = b"".join(self._parts)
+            self._parts.clear()
+            self._size = 0
         if len(piece) > self.max_line:
             yield Line(_cut_utf8(piece, self.max_line), truncated=True)
         else:
@@ -104,10 +114,12 @@ class LineSplitter:
     def _partial(self, piece: bytes) -> Iterator[Line]:
         if self._discarding:
             return
-        self._buf += piece
-        if len(self._buf) > self.max_line:
-            yield Line(_cut_utf8(bytes(self._buf), self.max_line), truncated=True)
-            self._buf.clear()
+        self._parts.append(piece)
+        self._size += len(piece)
+        if self._size > self.max_line:
+            yield Line(_cut_utf8(b"".join(self._parts), self.max_line), truncated=True)
+            self._parts.clear()
+            self._size = 0
             self._discarding = True
 
 
@@ -166,25 +178,28 @@ class FrameAssembler:
         type_ = _SPLICE_PREFIXES.get(stripped[:27]) or _SPLICE_PREFIXES.get(stripped[:25])
         if type_ is None or not stripped.endswith(b"}"):
             return None
-        raw = stripped[(27 if type_ == "result" else 25) : -1]
-        if b"\\u" in raw and _ESCAPED_SURROGATE.search(raw):
+        start = 27 if type_ == "result" else 25
+        escape = stripped.find(b"\\u", start)
+        if escape >= 0 and _ESCAPED_SURROGATE.search(stripped, escape):
             return None
         try:
             # Strict UTF-8 (no encoded surrogates, no guessing of UTF-16 from NUL bytes), and
             # the whole rest must be exactly one JSON value: no second "type" or "payload" key
             # can hide behind it (json.loads refuses trailing data).
+            text = str(memoryview(stripped)[start:-1], "utf-8")
             payload: Any = json.loads(
-                raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_not_strict_json
+                text, parse_float=_finite_float, parse_constant=_not_strict_json
             )
         except (ValueError, RecursionError):
             return None
-        frame = self.factory.spliced(type_, payload, raw)
+        frame = self.factory.spliced(type_, payload, stripped)
         if frame.line is not None and len(frame.line) > self.frame_max:
             return self._oversized(frame, type_, ["payload"], len(frame.line))
         return frame
 
     def _script_frame(self, data: bytes) -> Frame | None:
-        stripped = data.strip()
+        # The runtime's own lines carry no surrounding blanks: spare them the copy of strip().
+        stripped = data if data[:1] == b"{" and data[-1:] == b"}" else data.strip()
         if not stripped.startswith(b"{"):
             return None
         spliced = self._spliced_frame(stripped)

@@ -33,7 +33,7 @@ def test_giant_line_is_cut_once_and_the_rest_discarded_in_bounded_memory() -> No
         out += list(splitter.feed(b"z" * 1000))
     out += list(splitter.feed(b"\nnext\n"))
     assert [(line.data, line.truncated) for line in out] == [(b"z" * 10, True), (b"next", False)]
-    assert len(splitter._buf) == 0
+    assert splitter.buffered == 0
 
 
 @pytest.mark.parametrize("text", ["héllo", "✓✓✓", "😀x"])
