@@ -253,12 +253,13 @@ class AuditLog:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _write_head(self, lines: int, last: str) -> None:
+        """Replace the head atomically. Not fsync'd: the log line it describes is, and a head
+        lost or torn by a crash only sends the next append to counting lines (``_tail``)."""
         tmp = self.head_path.with_name(self.head_path.name + ".tmp")
         data = json.dumps({"lines": lines, "last_sha256": last}).encode() + b"\n"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
         tmp.replace(self.head_path)

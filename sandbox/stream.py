@@ -179,7 +179,9 @@ class FrameAssembler:
         if type_ is None or not stripped.endswith(b"}"):
             return None
         start = 27 if type_ == "result" else 25
-        escape = stripped.find(b"\\u", start)
+        # A one-byte find is a memchr, some fifty times faster than finding "\\u" itself; most
+        # payloads hold no backslash at all.
+        escape = stripped.find(b"\\", start)
         if escape >= 0 and _ESCAPED_SURROGATE.search(stripped, escape):
             return None
         try:

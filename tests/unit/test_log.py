@@ -1,11 +1,8 @@
 """The lazy logger: nothing below the level touches loguru; what passes it reaches the sinks
-from the module that logged; and the run path's imports stay lean (no timing asserted: which
-modules a fresh ``sandbox run`` process loads is a fact, not a measurement)."""
+from the module that logged."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +10,6 @@ import pytest
 
 from sandbox.cli import main
 from sandbox.log import LazyLogger, level_number
-
-from ..conftest import ROOT
 
 
 @pytest.fixture
@@ -68,20 +63,3 @@ def test_levels_are_named_in_any_case_and_unknown_ones_are_refused() -> None:
 def test_an_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--log-level", "LOUD", "tools"]) == 2
     assert "unknown log level 'LOUD'" in capsys.readouterr().err
-
-
-# Each of these costs a one-shot `sandbox run` tens of milliseconds to import, and the run path
-# has no use for them unless something goes wrong (docs/performance.md).
-NOT_ON_THE_RUN_PATH = ("docker", "requests", "urllib3", "loguru", "tenacity", "asyncio", "http")
-
-
-def test_the_run_path_imports_neither_the_docker_sdk_nor_loguru_nor_tenacity() -> None:
-    code = (
-        "import sys, sandbox.cli, sandbox.coordinator, sandbox.docker_runtime;"
-        "from sandbox.cli import build_parser; build_parser(extensions=False);"
-        f"print(sorted(m for m in {NOT_ON_THE_RUN_PATH!r} if m in sys.modules))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout.strip()
-    assert loaded == "[]"

@@ -1,0 +1,42 @@
+"""The one-shot ``sandbox run`` path stays lean. No timing is asserted (benchmarks do that,
+`make bench`): which modules a fresh process loads, and how it writes, are facts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ..conftest import ROOT
+
+# Each of these costs a one-shot `sandbox run` tens of milliseconds to import, and the run path
+# has no use for them unless something goes wrong (docs/performance.md).
+NOT_ON_THE_RUN_PATH = ("docker", "requests", "urllib3", "loguru", "tenacity", "asyncio", "http")
+
+
+def test_the_run_path_imports_neither_the_docker_sdk_nor_loguru_nor_tenacity() -> None:
+    code = (
+        "import sys, sandbox.cli, sandbox.coordinator, sandbox.docker_runtime;"
+        "from sandbox.cli import build_parser; build_parser(extensions=False);"
+        f"print(sorted(m for m in {NOT_ON_THE_RUN_PATH!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_sandbox_run_widens_a_stdout_pipe_and_leaves_other_outputs_alone(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import os
+
+    from sandbox.cli import PIPE_BYTES, widen_pipe
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as out, os.fdopen(read_end, "rb"):
+        widen_pipe(out)
+        assert fcntl.fcntl(out.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+    with (tmp_path / "frames.jsonl").open("wb") as regular:
+        widen_pipe(regular)  # a file: nothing to widen, and no error
