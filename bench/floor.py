@@ -36,6 +36,8 @@ RECV = 256 * 1024
 class Cycle:
     seconds: float
     bytes: int
+    # From the first byte of container output to the end of the cycle: the streaming phase.
+    streaming_s: float = 0.0
 
 
 class Floor:
@@ -83,10 +85,14 @@ class Floor:
             sock.shutdown(socket.SHUT_WR)
             self.api.start(container)
             total = 0
+            first: float | None = None
             while data := sock.recv(RECV):
+                if first is None:
+                    first = time.perf_counter()
                 total += len(data)
             sock.close()
             self.api.wait(container)
         finally:
             self.api.remove_container(container, force=True, v=True)
-        return Cycle(time.perf_counter() - began, total)
+        ended = time.perf_counter()
+        return Cycle(ended - began, total, ended - (first or ended))

@@ -99,6 +99,11 @@ class FrameFactory:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self._seq = 0
+        # The envelope's fixed start, encoded once for the fast path's lines.
+        self._line_start = b'{"v":%d,"run_id":%s' % (
+            PROTOCOL_VERSION,
+            json.dumps(run_id, ensure_ascii=False).encode(),
+        )
 
     def make(self, type_: str, **fields: Any) -> Frame:
         frame: Frame = {"v": PROTOCOL_VERSION, "run_id": self.run_id, "seq": self._seq}
@@ -113,12 +118,13 @@ class FrameFactory:
         ``{"type":TYPE,"payload":PAYLOAD}``, whose payload text the caller has checked to be
         exactly ``payload`` (strict and safe to pass on); the envelope is ours, as in ``make``,
         with the same key order."""
+        ts = utc_now()
         head: Frame = {"v": PROTOCOL_VERSION, "run_id": self.run_id, "seq": self._seq}
-        head["ts"] = utc_now()
-        prefix = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+        head["ts"] = ts
         head["type"] = type_
         frame = EncodedFrame(head, payload=payload)
-        frame.line = b"".join((prefix, b",", memoryview(script_line)[1:], b"\n"))
+        envelope = b'%s,"seq":%d,"ts":"%s",' % (self._line_start, self._seq, ts.encode())
+        frame.line = b"".join((envelope, memoryview(script_line)[1:], b"\n"))
         self._seq += 1
         return frame
 

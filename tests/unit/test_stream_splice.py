@@ -73,3 +73,25 @@ def test_changing_a_spliced_frame_forgets_its_line() -> None:
     assert isinstance(frame, EncodedFrame)
     frame["payload"] = 2
     assert json.loads(encode(frame))["payload"] == 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"123456789012345678901234567890",  # beyond 64 bits: json keeps the int exact
+        b"-9223372036854775809",  # one below int64
+        b"18446744073709551615",  # uint64 max
+        b"[1e19, -3.5e300, 0.1]",  # large floats stay floats
+        b"[" * 300 + b"]" * 300,  # deeper than the fast parser is trusted with
+        b'{"a":{"b":[1,{"c":-0}]}}',
+    ],
+)
+def test_the_fast_parse_gives_the_value_json_gives(payload: bytes) -> None:
+    line = b'{"type":"data","payload":' + payload + b"}"
+    frame = feed(line)
+    expected = json.loads(payload)
+    assert frame["payload"] == expected
+    assert type(frame["payload"]) is type(expected)
+    if isinstance(expected, int):
+        assert str(frame["payload"]) == str(expected)
+    assert json.loads(encode(frame))["payload"] == expected
