@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,9 +69,10 @@ def _strict_payload(raw: memoryview) -> Any:
 def _json_agrees(value: Any) -> bool:
     """Whether ``json.loads`` of the same text gives ``value``: no float that may have been
     a 64-bit-plus integer, no nesting deeper than json is sure to accept."""
-    stack = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
