@@ -37,7 +37,8 @@ RUNTIMES = [
 ]
 # Each case is a CLI process plus a container: two cores take about this many at once.
 WORKERS = 4
-# The CLI imports docker, pydantic, loguru...: about 55 MiB; streaming must not add much.
+# A CLI process (pydantic, jsonschema, PyYAML, orjson) peaks near 50 MiB; streaming must not add
+# much.
 MAX_CLI_RSS_KB = 120 * 1024
 CLI_TIMEOUT_S = 180
 SECRET = f"hunter2-{uuid.uuid4().hex}"
