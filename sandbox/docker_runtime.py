@@ -84,11 +84,20 @@ def translated(action: str) -> Iterator[None]:
     except SandboxError:
         raise
     except EngineUnreachable as exc:
-        msg = f"Docker engine unreachable while trying to {action}: {exc}"
-        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
+        raise unreachable(action, exc) from exc
     except EngineError as exc:
-        msg = f"Docker engine refused to {action}: {exc.message}"
-        raise InfrastructureError(msg, status_code=exc.status) from exc
+        raise refused(action, exc.message, exc.status) from exc
+
+
+def unreachable(action: str, cause: object) -> InfrastructureError:
+    """No engine answered (one wording for this client and the SDK's, in ``images``)."""
+    msg = f"Docker engine unreachable while trying to {action}: {cause}"
+    return InfrastructureError(msg, fix=ENGINE_FIX)
+
+
+def refused(action: str, message: object, status: int | None) -> InfrastructureError:
+    """The engine answered with an error status."""
+    return InfrastructureError(f"Docker engine refused to {action}: {message}", status_code=status)
 
 
 def is_not_found(exc: InfrastructureError) -> bool:

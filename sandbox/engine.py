@@ -59,10 +59,13 @@ class EngineClient:
         self._api_version: str | None = None
         url = urlsplit(self.base_url)
         self._scheme = url.scheme
+        self._tls = url.scheme == "https" or bool(os.environ.get("DOCKER_TLS_VERIFY"))
         if url.scheme in ("unix", "http+unix"):
             self._address: Any = url.path
         elif url.scheme in ("tcp", "http", "https"):
-            self._address = (url.hostname or "localhost", url.port or 2375)
+            # Docker's conventional ports: 2376 with TLS, 2375 without.
+            default_port = 2376 if self._tls else 2375
+            self._address = (url.hostname or "localhost", url.port or default_port)
         else:
             msg = (
                 f"DOCKER_HOST {self.base_url!r}: only unix:// and tcp:// engines are supported "
@@ -70,7 +73,6 @@ class EngineClient:
                 "HOST` and set DOCKER_HOST=unix:///tmp/docker.sock)"
             )
             raise EngineUnreachable(msg)
-        self._tls = url.scheme == "https" or bool(os.environ.get("DOCKER_TLS_VERIFY"))
 
     # --- connections ----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .docker_runtime import ENGINE_FIX, is_not_found, missing_image
+from .docker_runtime import ENGINE_FIX, is_not_found, missing_image, refused, unreachable
 from .errors import InfrastructureError, InvalidRequest, PolicyFileError, SandboxError
 from .policy import LoadedPolicy, parse_policy, read_policy
 
@@ -57,11 +57,9 @@ def translated(action: str) -> Iterator[None]:
     except SandboxError:
         raise
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-        msg = f"Docker engine unreachable while trying to {action}: {exc}"
-        raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
+        raise unreachable(action, exc) from exc
     except docker.errors.APIError as exc:
-        msg = f"Docker engine refused to {action}: {exc.explanation or exc}"
-        raise InfrastructureError(msg, status_code=exc.status_code) from exc
+        raise refused(action, exc.explanation or exc, exc.status_code) from exc
     except docker.errors.DockerException as exc:
         msg = f"Docker failed to {action}: {exc}"
         raise InfrastructureError(msg, fix=ENGINE_FIX) from exc

@@ -340,3 +340,12 @@ def test_hijack_error_whose_body_trails_the_head_gives_the_message(
     with pytest.raises(EngineError) as caught:
         engine_stub.client().hijack(ATTACH, ATTACH_PARAMS)
     assert (caught.value.status, caught.value.message) == (404, "No such container: c1")
+
+
+@pytest.mark.parametrize(("tls", "port"), [("", 2375), ("1", 2376)])
+def test_a_tcp_host_without_a_port_gets_dockers_conventional_one(
+    monkeypatch: pytest.MonkeyPatch, tls: str, port: int
+) -> None:
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", tls)
+    client = EngineClient("tcp://engine.example")
+    assert client._address == ("engine.example", port)  # noqa: SLF001 - where it connects
