@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -27,12 +28,13 @@ from .errors import SandboxError
 from .log import logger
 from .policy import LoadedPolicy
 from .runtime import ContainerRuntime
-from .spec import ContainerSpec, Owner, build_spec
+from .spec import LABEL_POOL, ContainerSpec, Owner, build_spec
 
 # A created container the pool does not hand out within this long is replaced: the deadline
 # label (for reapers on other hosts) is set this far ahead, plus the policy's timeout.
 MAX_IDLE_S = 600.0
-# At most this many pooled containers per server, whatever the policies ask for.
+# At most this many idle pooled containers on the engine (every server on the host counts them),
+# whatever the policies ask for.
 DEFAULT_MAX_TOTAL = 8
 # After a failed create, the refiller waits this long before trying that key again.
 CREATE_BACKOFF_S = 5.0
@@ -293,12 +295,16 @@ class WarmPool:
         if self._gate is not None:
             self._gate.wait_quiet()
         try:
+            if self._idle_on_engine() >= self._max_total:
+                logger.debug(
+                    "warm pool: the engine holds {} idle pooled containers", self._max_total
+                )
+                self._back_off(entry)
+                return
             container_id = self._runtime.create(spec)
         except SandboxError as exc:
             logger.warning("warm pool: creating a {} container failed: {}", key[0], exc)
-            with self._cond:
-                entry.creating -= 1
-                entry.retry_at = self._clock() + CREATE_BACKOFF_S
+            self._back_off(entry)
             return
         slot = Slot(container_id=container_id, spec=spec, key=key, created_at=self._clock())
         with self._cond:
@@ -309,10 +315,25 @@ class WarmPool:
             entry.idle.append(slot)
             self._cond.notify_all()
 
+    def _back_off(self, entry: _Entry) -> None:
+        with self._cond:
+            entry.creating -= 1
+            entry.retry_at = self._clock() + CREATE_BACKOFF_S
+
+    def _idle_on_engine(self) -> int:
+        """Idle (created, never started) pooled containers on the engine, whichever server on
+        the host made them: the cap is the host's, not this server's. A claimed container is
+        started at once and stops counting."""
+        return sum(
+            1
+            for c in self._runtime.list_managed()
+            if c.labels.get(LABEL_POOL) == "1" and c.state == "created"
+        )
+
     def _spec(self, loaded: LoadedPolicy) -> ContainerSpec:
         policy = loaded.policy
         timeout_s = policy.limits.timeout_s
-        return build_spec(
+        spec = build_spec(
             policy,
             run_id=f"pool{uuid.uuid4().hex[:28]}",
             policy_sha256=loaded.sha256,
@@ -322,3 +343,4 @@ class WarmPool:
             owner=self._owner,
             deadline=self._wall_clock() + self._max_idle_s + timeout_s,
         )
+        return dataclasses.replace(spec, labels=(*spec.labels, (LABEL_POOL, "1")))

@@ -20,6 +20,8 @@ LABEL_OWNER_START = f"{LABEL_PREFIX}.owner_start"
 LABEL_OWNER_HOST = f"{LABEL_PREFIX}.owner_host"
 LABEL_DEADLINE = f"{LABEL_PREFIX}.deadline"
 LABEL_POLICY_SHA = f"{LABEL_PREFIX}.policy_sha256"
+# Set on warm-pool containers, so every server on the engine can count the idle ones.
+LABEL_POOL = f"{LABEL_PREFIX}.pool"
 
 INPUTS_DIR = "/inputs"
 OUTPUT_DIR = "/output"

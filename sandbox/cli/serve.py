@@ -67,8 +67,8 @@ def register(commands: Any) -> None:
         type=_count(0),
         default=8,
         metavar="N",
-        help="pre-created containers at most, all policies together (default 8; the policies' "
-        "pool.warm asks for them)",
+        help="idle pre-created containers at most on the engine, all policies and every server "
+        "on the host together (default 8; the policies' pool.warm asks for them)",
     )
     serve.set_defaults(handler=cmd_serve)
 

@@ -68,6 +68,7 @@ def test_pooled_containers_wait_unstarted_and_serve_one_run_each(
         assert container.attrs["Config"]["NetworkDisabled"] is True
         assert not container.attrs["HostConfig"].get("Mounts")
         assert not container.attrs.get("Mounts")
+        assert container.attrs["Config"]["Labels"]["io.sandbox.pool"] == "1"  # the host's count
     # Used containers are gone (removed in the background); the pool is full again.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -134,3 +135,25 @@ def test_a_pooled_container_has_only_loopback(
     result = next(e for e in events if e["type"] == "result")["payload"]
     assert result["interfaces"] == ["lo"]
     assert pooled_serve.close() == 0
+
+
+def test_a_second_server_counts_the_first_ones_idle_containers_against_the_cap(
+    testkit_policies: PolicyDir, docker_client: Any
+) -> None:
+    testkit_policies.update("testkit", pool={"warm": 2})
+    servers = [ServeProcess(testkit_policies, "--pool-max", "3")]
+    try:
+        first = servers[0].proc.pid
+        assert len(wait_for_idle(docker_client, first, 2)) == 2
+        servers.append(ServeProcess(testkit_policies, "--pool-max", "3"))  # wants 2 as well
+        second = servers[1].proc.pid
+        assert len(wait_for_idle(docker_client, second, 1)) == 1
+        time.sleep(1.0)  # a refill that ignored the first server would have made a 2nd by now
+        idle = [c for c in owned_by(docker_client, second) if c.status == "created"]
+        assert len(idle) == 1  # 2 + 1: the host's cap of 3
+        assert [server.close() for server in reversed(servers)] == [0, 0]
+    finally:
+        for server in servers:
+            server.dispose()
+    assert owned_by(docker_client, first) == []
+    assert owned_by(docker_client, second) == []

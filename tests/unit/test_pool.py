@@ -14,7 +14,7 @@ from sandbox.coordinator import Coordinator
 from sandbox.fake_runtime import FakeContainer, FakeRuntime
 from sandbox.pool import BackgroundRemover, StartGate, WarmPool, pool_key
 from sandbox.request import Request
-from sandbox.spec import LABEL_OWNER_PID, Owner
+from sandbox.spec import LABEL_OWNER_PID, LABEL_POOL, Owner
 
 from .conftest import FakeClock
 
@@ -195,6 +195,39 @@ def test_the_host_wide_cap_bounds_the_pool(
     assert runtime.live == {}
 
 
+def test_the_cap_counts_the_idle_pooled_containers_of_other_servers_on_the_engine(
+    runtime: FakeRuntime, policy_dir: Path, write_policy: Callable[..., Path]
+) -> None:
+    write_policy(pool={"warm": 16})
+    others = {LABEL_POOL: "1", LABEL_OWNER_PID: "999"}
+    runtime.live["other-idle-1"] = _managed("other-idle-1", others)
+    runtime.live["other-idle-2"] = _managed("other-idle-2", others)
+    runtime.live["other-claimed"] = _managed("other-claimed", others, state="running")
+    runtime.live["other-run"] = _managed("other-run", {LABEL_OWNER_PID: "999"})
+    remover = BackgroundRemover(runtime)
+    pool = WarmPool(runtime, owner=OWNER, remover=remover, max_total=3)
+    coordinator = Coordinator(
+        runtime=runtime, policy_dir=policy_dir, owner=OWNER, admission=lambda _mb: None
+    )
+    pool.want(coordinator.policies.find(policy_dir, "echo"))
+    wait_for(lambda: pool.idle_count() == 1)
+    time.sleep(0.05)
+    assert pool.idle_count() == 1  # 2 idle elsewhere + 1 here: the host's cap of 3
+    assert len(runtime.specs) == 1
+    pool.close()
+    remover.close(5)
+
+
+def test_only_pooled_containers_carry_the_pool_label(
+    pooled: tuple[Coordinator, WarmPool, BackgroundRemover], runtime: FakeRuntime
+) -> None:
+    coordinator, pool, _ = pooled
+    _warm(coordinator, pool)
+    assert all(dict(spec.labels).get(LABEL_POOL) == "1" for spec in runtime.specs)
+    _run(coordinator, inputs={"d": str(coordinator.policy_dir)})  # mounts: its own container
+    assert LABEL_POOL not in dict(runtime.specs[-1].labels)
+
+
 def test_a_failed_removal_is_retried_by_the_remover(runtime: FakeRuntime) -> None:
     from sandbox.errors import InfrastructureError
 
@@ -207,7 +240,9 @@ def test_a_failed_removal_is_retried_by_the_remover(runtime: FakeRuntime) -> Non
     assert "c1" not in runtime.live
 
 
-def _managed(container_id: str) -> Any:
+def _managed(
+    container_id: str, labels: dict[str, str] | None = None, state: str = "created"
+) -> Any:
     from sandbox.runtime import ManagedContainer
 
-    return ManagedContainer(id=container_id, name=container_id, labels={}, state="created")
+    return ManagedContainer(id=container_id, name=container_id, labels=labels or {}, state=state)
