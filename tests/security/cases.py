@@ -67,7 +67,9 @@ CASES: dict[str, Case] = {
     "docker_socket": _t("docker_socket", "--input", "data={data}"),
     "environment_harvest": _t("env_harvest"),
     "daemonize": _t("daemonize", message="987.654"),
-    "zombies": _t("zombies", count=30),
+    # Thirty forked Pythons under gVisor, on a host busy with the rest of the suite, can pass
+    # 128 MiB (4 of 12 such runs were OOM-killed); this case is about reaping, not memory.
+    "zombies": Case(args={"case": "zombies", "count": 30}, policy="roomy"),
     # --- outputs -----------------------------------------------------------------------------
     "output_link_tricks": _t("link_tricks", "--output", "{out}", "--input", "data={data}"),
     "output_links_fifo_hardlink": _t("write_outputs", "--output", "{out}"),

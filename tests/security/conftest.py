@@ -152,6 +152,9 @@ class SecurityEnv:
         elif variant == "var_run_root":
             data["inputs"]["allowed_roots"] = ["/var/run", "/run"]
             text = yaml.safe_dump(data, sort_keys=False)
+        elif variant == "roomy":
+            data["limits"]["memory_mb"] = 512
+            text = yaml.safe_dump(data, sort_keys=False)
         elif variant == "huge_memory":
             data["limits"]["memory_mb"] = 1024 * 1024
             text = yaml.safe_dump(data, sort_keys=False)
