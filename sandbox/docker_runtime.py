@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .engine import EngineClient, EngineError, EngineUnreachable, container_path
+from .engine import EngineClient, EngineError, EngineUnreachable, container_path, image_path
 from .errors import InfrastructureError, SandboxError
 from .log import logger
 from .retry import transient_retry
@@ -221,7 +221,7 @@ class DockerRuntime:
             return
         try:
             found = self._retrying(
-                "inspect image", lambda: self._call("GET", f"/images/{name}/json")
+                "inspect image", lambda: self._call("GET", image_path(name, "/json"))
             )
         except InfrastructureError as exc:
             if not is_not_found(exc):

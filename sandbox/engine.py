@@ -144,7 +144,11 @@ class EngineClient:
         if not data:
             return None
         if "json" in headers.get("content-type", ""):
-            return json.loads(data)
+            try:
+                return json.loads(data)
+            except ValueError as exc:
+                msg = f"the Docker engine's answer to {method} {path} is not JSON: {exc}"
+                raise EngineUnreachable(msg) from exc
         return data.decode("utf-8", "replace")
 
     def _exchange(
@@ -220,6 +224,11 @@ class EngineClient:
 
 def container_path(container_id: str, action: str = "") -> str:
     return f"/containers/{quote(container_id, safe='')}{action}"
+
+
+def image_path(name: str, action: str = "") -> str:
+    # A repository name keeps its slashes and tag colon, as the engine's router expects.
+    return f"/images/{quote(name, safe='/:')}{action}"
 
 
 def _request_bytes(

@@ -18,6 +18,7 @@ from sandbox.engine import (
     EngineError,
     EngineUnreachable,
     container_path,
+    image_path,
 )
 from tests.engine_stub import HANG_UP, EngineStub, Reply, error, serve, upgrade
 from tests.engine_stub import engine_stub as engine_stub  # the fixture
@@ -349,3 +350,17 @@ def test_a_tcp_host_without_a_port_gets_dockers_conventional_one(
     monkeypatch.setenv("DOCKER_TLS_VERIFY", tls)
     client = EngineClient("tcp://engine.example")
     assert client._address == ("engine.example", port)  # noqa: SLF001 - where it connects
+
+
+def test_a_json_answer_that_does_not_parse_is_unreachable_not_a_crash(
+    engine_stub: EngineStub,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"  # ends at close
+    engine_stub.route("GET", "/info", Reply(raw=head + b'{"ID": "abc", "Na'))
+    with pytest.raises(EngineUnreachable, match="is not JSON"):
+        engine_stub.client().request("GET", "/info")
+
+
+def test_image_path_keeps_the_repository_slash_and_tag_colon() -> None:
+    assert image_path("sandbox/dbt:1.0", "/json") == "/images/sandbox/dbt:1.0/json"
+    assert image_path("a b?c") == "/images/a%20b%3Fc"
