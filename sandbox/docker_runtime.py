@@ -2,8 +2,9 @@
 one place engine errors become ours.
 
 Engine facts this module relies on (../shared/notes/engine.md): attach with ``logs=0`` and
-before start; the log driver is ``none`` so output never piles up in the daemon; never
-``containers.run()`` semantics (pull, raise on non-zero exit).
+before start; the log driver is ``none`` so output never piles up in the daemon; a missing image
+is an error, never a pull, and a non-zero exit is data, not an exception (the SDK's
+``containers.run()`` does the opposite of both).
 """
 
 from __future__ import annotations

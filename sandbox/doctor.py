@@ -17,15 +17,15 @@ from typing import Literal
 
 from . import hostcheck
 from .audit import AuditLog, verify
+from .docker_runtime import ENGINE_FIX
+from .engine import MIN_API
 from .errors import SandboxError
 from .policy import LoadedPolicy, load_policy_dir
 from .runtime import ContainerRuntime, EngineInfo
 
 CheckStatus = Literal["ok", "warn", "fail"]
-MIN_API = (1, 41)
 DISK_WARN_MB = 2048
 DISK_FAIL_MB = 256
-ENGINE_FIX = "bash scripts/engine.sh   (or: sudo systemctl start docker)"
 RUNSC_FIX = (
     "apt-get install runsc, register it in /etc/docker/daemon.json as runtime 'runsc' with "
     'runtimeArgs ["--network=none", "--oci-seccomp"] and restart dockerd (scripts/engine.sh '

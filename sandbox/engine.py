@@ -58,7 +58,6 @@ class EngineClient:
         self.timeout_s = timeout_s
         self._api_version: str | None = None
         url = urlsplit(self.base_url)
-        self._scheme = url.scheme
         self._tls = url.scheme == "https" or bool(os.environ.get("DOCKER_TLS_VERIFY"))
         if url.scheme in ("unix", "http+unix"):
             self._address: Any = url.path

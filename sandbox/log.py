@@ -79,13 +79,7 @@ class LazyLogger:
         with self._lock:
             self._threshold = _OFF
 
-    def enabled_for(self, level: str) -> bool:
-        return LEVELS[level] >= self._threshold
-
     # --- messages -------------------------------------------------------------------------
-
-    def trace(self, message: str, *args: Any) -> None:
-        self._emit("TRACE", message, args)
 
     def debug(self, message: str, *args: Any) -> None:
         self._emit("DEBUG", message, args)

@@ -126,60 +126,10 @@ class ContainerSpec:
         }
 
     def engine_body(self) -> dict[str, Any]:
-        """The JSON body of the Engine API's ``POST /containers/create`` for ``create_kwargs()``:
-        what the docker SDK sends for them, field for field (a unit test holds the two equal),
-        without importing the SDK on the run path. The name goes in the query string."""
-        return {
-            "Hostname": self.hostname,
-            "User": self.user,
-            "Tty": False,
-            "OpenStdin": True,
-            "StdinOnce": True,
-            "AttachStdin": True,
-            "AttachStdout": True,
-            "AttachStderr": True,
-            "Env": [f"{key}={value}" for key, value in self.env],
-            "Cmd": list(self.command),
-            "Image": self.image_id,
-            "NetworkDisabled": self.network == "none",
-            "HostConfig": {
-                "Memory": self.memory_bytes,
-                "MemorySwap": self.memory_bytes,
-                "MemorySwappiness": 0,
-                "ShmSize": SHM_MB * MIB,
-                "IpcMode": "private",
-                "OomScoreAdj": 500,
-                "ReadonlyRootfs": True,
-                "NetworkMode": self.network,
-                "CapDrop": ["ALL"],
-                "SecurityOpt": ["no-new-privileges:true"],
-                "Ulimits": [
-                    {"Name": "core", "Soft": 0, "Hard": 0},
-                    {"Name": "nofile", "Soft": NOFILE, "Hard": NOFILE},
-                    {"Name": "fsize", "Soft": self.fsize_bytes, "Hard": self.fsize_bytes},
-                ],
-                "LogConfig": {"Type": "none", "Config": {}},
-                "Tmpfs": {
-                    "/tmp":  # noqa: S108 - the container's own /tmp, a private tmpfs
-                    f"rw,noexec,nosuid,nodev,size={self.tmpfs_bytes},mode=1777"
-                },
-                "PidsLimit": self.pids_limit,
-                "Init": True,
-                "NanoCpus": self.nano_cpus,
-                "Runtime": self.runtime,
-                "Mounts": [
-                    {
-                        "Type": "bind",
-                        "Source": m.source,
-                        "Target": m.target,
-                        "ReadOnly": m.read_only,
-                    }
-                    for m in self.mounts
-                ],
-                "CgroupnsMode": "private",
-            },
-            "Labels": dict(self.labels),
-        }
+        """The JSON body of the Engine API's ``POST /containers/create`` (the name goes in the
+        query string): ``create_kwargs()`` renamed field for field as the docker SDK does, so
+        the hardening has one source; a unit test holds the two equal."""
+        return engine_body(self.create_kwargs())
 
 
 def container_name(run_id: str) -> str:
@@ -252,3 +202,74 @@ def build_spec(
         frame_max_bytes=frame_max,
         stream_cap_bytes=limits.stdout_mb * MIB,
     )
+
+
+# The Engine API's names for create_kwargs(): container config, then host config.
+_CONFIG_FIELDS = {
+    "hostname": "Hostname",
+    "user": "User",
+    "tty": "Tty",
+    "command": "Cmd",
+    "image": "Image",
+    "network_disabled": "NetworkDisabled",
+    "labels": "Labels",
+}
+_HOST_FIELDS = {
+    "mem_limit": "Memory",
+    "memswap_limit": "MemorySwap",
+    "mem_swappiness": "MemorySwappiness",
+    "shm_size": "ShmSize",
+    "ipc_mode": "IpcMode",
+    "oom_score_adj": "OomScoreAdj",
+    "read_only": "ReadonlyRootfs",
+    "network_mode": "NetworkMode",
+    "cap_drop": "CapDrop",
+    "security_opt": "SecurityOpt",
+    "tmpfs": "Tmpfs",
+    "pids_limit": "PidsLimit",
+    "init": "Init",
+    "nano_cpus": "NanoCpus",
+    "runtime": "Runtime",
+    "mounts": "Mounts",
+    "cgroupns": "CgroupnsMode",
+}
+# Sent only when switched on (the SDK's rule), or client-side only: each must have this value.
+_OMITTED = {"privileged": False, "auto_remove": False, "use_config_proxy": False}
+
+
+def engine_body(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Create kwargs -> API body. Refuses a keyword it has no translation for, or one it would
+    leave out while it asks for something, so a new hardening flag can never be dropped."""
+    unknown = set(kwargs) - {
+        *_CONFIG_FIELDS,
+        *_HOST_FIELDS,
+        *_OMITTED,
+        "environment",
+        "stdin_open",
+        "ulimits",
+        "log_config",
+        "name",  # the query string's
+    }
+    asking = [key for key, off in _OMITTED.items() if kwargs.get(key, off) != off]
+    if unknown or asking:
+        msg = f"no Engine API translation for create kwargs {sorted(unknown | set(asking))}"
+        raise ValueError(msg)
+    host = {api: kwargs[key] for key, api in _HOST_FIELDS.items()}
+    host["Ulimits"] = [
+        {"Name": u["name"], "Soft": u["soft"], "Hard": u["hard"]} for u in kwargs["ulimits"]
+    ]
+    host["LogConfig"] = {
+        "Type": kwargs["log_config"]["type"],
+        "Config": kwargs["log_config"]["config"],
+    }
+    stdin = bool(kwargs["stdin_open"])
+    return {
+        **{api: kwargs[key] for key, api in _CONFIG_FIELDS.items()},
+        "OpenStdin": stdin,
+        "StdinOnce": stdin,
+        "AttachStdin": stdin,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "Env": [f"{key}={value}" for key, value in kwargs["environment"].items()],
+        "HostConfig": host,
+    }

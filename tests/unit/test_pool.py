@@ -3,6 +3,7 @@ the request's deadline still enforced, nothing left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,9 +178,11 @@ def test_an_edited_policy_drops_the_containers_of_its_old_version(
     assert pool.idle_count(old_key) == 0
 
 
-def test_the_host_wide_cap_bounds_the_pool(
+@contextlib.contextmanager
+def greedy_pool(
     runtime: FakeRuntime, policy_dir: Path, write_policy: Callable[..., Path]
-) -> None:
+) -> Iterator[WarmPool]:
+    """A policy asking for 16 warm containers, a pool capped at 3, warming it."""
     write_policy(pool={"warm": 16})
     remover = BackgroundRemover(runtime)
     pool = WarmPool(runtime, owner=OWNER, remover=remover, max_total=3)
@@ -187,35 +190,36 @@ def test_the_host_wide_cap_bounds_the_pool(
         runtime=runtime, policy_dir=policy_dir, owner=OWNER, admission=lambda _mb: None
     )
     pool.want(coordinator.policies.find(policy_dir, "echo"))
-    wait_for(lambda: pool.idle_count() == 3)
-    time.sleep(0.05)
-    assert len(runtime.live) == 3
-    pool.close()
-    remover.close(5)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        remover.close(5)
+
+
+def test_the_host_wide_cap_bounds_the_pool(
+    runtime: FakeRuntime, policy_dir: Path, write_policy: Callable[..., Path]
+) -> None:
+    with greedy_pool(runtime, policy_dir, write_policy) as pool:
+        wait_for(lambda: pool.idle_count() == 3)
+        time.sleep(0.05)
+        assert len(runtime.live) == 3
     assert runtime.live == {}
 
 
 def test_the_cap_counts_the_idle_pooled_containers_of_other_servers_on_the_engine(
     runtime: FakeRuntime, policy_dir: Path, write_policy: Callable[..., Path]
 ) -> None:
-    write_policy(pool={"warm": 16})
     others = {LABEL_POOL: "1", LABEL_OWNER_PID: "999"}
     runtime.live["other-idle-1"] = _managed("other-idle-1", others)
     runtime.live["other-idle-2"] = _managed("other-idle-2", others)
     runtime.live["other-claimed"] = _managed("other-claimed", others, state="running")
     runtime.live["other-run"] = _managed("other-run", {LABEL_OWNER_PID: "999"})
-    remover = BackgroundRemover(runtime)
-    pool = WarmPool(runtime, owner=OWNER, remover=remover, max_total=3)
-    coordinator = Coordinator(
-        runtime=runtime, policy_dir=policy_dir, owner=OWNER, admission=lambda _mb: None
-    )
-    pool.want(coordinator.policies.find(policy_dir, "echo"))
-    wait_for(lambda: pool.idle_count() == 1)
-    time.sleep(0.05)
-    assert pool.idle_count() == 1  # 2 idle elsewhere + 1 here: the host's cap of 3
-    assert len(runtime.specs) == 1
-    pool.close()
-    remover.close(5)
+    with greedy_pool(runtime, policy_dir, write_policy) as pool:
+        wait_for(lambda: pool.idle_count() == 1)
+        time.sleep(0.05)
+        assert pool.idle_count() == 1  # 2 idle elsewhere + 1 here: the host's cap of 3
+        assert len(runtime.specs) == 1
 
 
 def test_only_pooled_containers_carry_the_pool_label(

@@ -220,3 +220,15 @@ def test_engine_body_is_what_the_docker_sdk_sends_for_create_kwargs(
     assert args.pop("use_config_proxy") is False  # a client-side option, nothing is sent
     sent = {k: v for k, v in api.create_container_config(**args).items() if v is not None}
     assert spec.engine_body() == sent
+
+
+@pytest.mark.parametrize(
+    "change", [{"privileged": True}, {"auto_remove": True}, {"cap_add": ["SYS_ADMIN"]}]
+)
+def test_a_create_kwarg_without_a_translation_is_refused_not_dropped(
+    kwargs: dict[str, Any], change: dict[str, Any]
+) -> None:
+    from sandbox.spec import engine_body
+
+    with pytest.raises(ValueError, match="no Engine API translation"):
+        engine_body({**kwargs, **change})
