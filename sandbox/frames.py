@@ -9,6 +9,7 @@ one-shot ``sandbox run`` does not pay for building them.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,48 +38,118 @@ def __getattr__(name: str) -> Any:
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _utc_stamp()[0]
+
+
+# (millisecond, text, text as bytes) of the last stamp: frames that stream faster than one per
+# millisecond share it instead of formatting a datetime each.
+_last_stamp: tuple[int, str, bytes] = (-1, "", b"")
+
+
+def _utc_stamp() -> tuple[str, bytes]:
+    global _last_stamp  # noqa: PLW0603 - a cache; a race only formats the same text twice
+    ms = time.time_ns() // 1_000_000
+    last = _last_stamp
+    if last[0] != ms:
+        moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=ms % 1000 * 1000)
+        text = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        last = _last_stamp = (ms, text, text.encode())
+    return last[1], last[2]
 
 
 class EncodedFrame(dict[str, Any]):
-    """A frame that already knows its encoded line (the streaming fast path builds the line
-    from the script's own bytes). Any change to the frame forgets the line, so ``encode``
-    can never return a stale one."""
+    """A frame that already knows its encoded line: the streaming fast path builds the line
+    from the script's own bytes, whose payload text has been validated but not decoded.
+
+    The payload is decoded from the line the first time anything but the line asks for it
+    (``frame["payload"]``, ``get``, iteration, ``items()``, ``==``, ``dict(frame)``,
+    ``json.dumps``...): a run whose frames only travel as bytes never builds its payloads'
+    Python values, which costs more than the validation itself. Any change to the frame
+    decodes the payload first and forgets the line, so ``encode`` can never return a stale
+    one and the dict never loses its payload."""
 
     line: bytes | None = None
+    # Where the undecoded payload's text sits in ``line``; None once decoded (or never lazy).
+    _payload_span: tuple[int, int] | None = None
+
+    def _decode_payload(self) -> None:
+        span, self._payload_span = self._payload_span, None
+        if span is not None and self.line is not None:
+            text = self.line[span[0] : span[1]]
+            super().__setitem__("payload", json.loads(text, parse_constant=_no_constant))
+
+    def _change(self) -> None:
+        self._decode_payload()
+        self.line = None
+
+    def __missing__(self, key: str) -> Any:
+        if key == "payload" and self._payload_span is not None:
+            self._decode_payload()
+            return super().__getitem__(key)
+        raise KeyError(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.line = None
+        self._change()
         super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
-        self.line = None
+        if key == "payload" and self._payload_span is not None:
+            self._payload_span = None  # dropped unread: no need to decode it
+            self.line = None
+            return
+        self._change()
         super().__delitem__(key)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self.line = None
-        super().update(*args, **kwargs)
-
-    def pop(self, *args: Any) -> Any:
-        self.line = None
-        return super().pop(*args)
-
-    def popitem(self) -> tuple[str, Any]:
-        self.line = None
-        return super().popitem()
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        self.line = None
-        return super().setdefault(key, default)
-
-    def clear(self) -> None:
-        self.line = None
-        super().clear()
-
     def __ior__(self, other: Any) -> EncodedFrame:  # type: ignore[override,misc]
-        self.line = None
+        self._change()
         super().update(other)
         return self
+
+    def __eq__(self, other: object) -> bool:
+        self._decode_payload()
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        self._decode_payload()
+        return super().__ne__(other)
+
+
+def _reading(name: str) -> Any:
+    method = getattr(dict, name)
+
+    def read(self: EncodedFrame, *args: Any) -> Any:
+        self._decode_payload()
+        return method(self, *args)
+
+    read.__name__ = name
+    return read
+
+
+def _changing(name: str) -> Any:
+    method = getattr(dict, name)
+
+    def change(self: EncodedFrame, *args: Any, **kwargs: Any) -> Any:
+        self._change()
+        return method(self, *args, **kwargs)
+
+    change.__name__ = name
+    return change
+
+
+# Every other way of reading or changing a dict, so that C code which iterates the frame
+# (dict(), json.dumps, copy, pickle, ``|``) sees the payload too.
+for _name in (
+    "__contains__", "__iter__", "__len__", "__repr__", "__reversed__", "__or__", "__ror__",
+    "__reduce_ex__", "copy", "get", "items", "keys", "values",
+):  # fmt: skip
+    setattr(EncodedFrame, _name, _reading(_name))
+for _name in ("clear", "pop", "popitem", "setdefault", "update"):
+    setattr(EncodedFrame, _name, _changing(_name))
+
+
+def _no_constant(name: str) -> Any:
+    msg = f"{name} is not valid JSON"
+    raise ValueError(msg)
 
 
 def encode(frame: Frame) -> bytes:
@@ -113,19 +184,31 @@ class FrameFactory:
         self._seq += 1
         return frame
 
-    def spliced(self, type_: str, payload: Any, script_line: bytes) -> EncodedFrame:
+    def spliced(self, type_: str, script_line: bytes, payload_start: int) -> EncodedFrame:
         """A ``data``/``result`` frame whose line reuses the script's own line,
-        ``{"type":TYPE,"payload":PAYLOAD}``, whose payload text the caller has checked to be
-        exactly ``payload`` (strict and safe to pass on); the envelope is ours, as in ``make``,
-        with the same key order."""
-        ts = utc_now()
-        head: Frame = {"v": PROTOCOL_VERSION, "run_id": self.run_id, "seq": self._seq}
-        head["ts"] = ts
-        head["type"] = type_
-        frame = EncodedFrame(head, payload=payload)
-        envelope = b'%s,"seq":%d,"ts":"%s",' % (self._line_start, self._seq, ts.encode())
-        frame.line = b"".join((envelope, memoryview(script_line)[1:], b"\n"))
+        ``{"type":TYPE,"payload":PAYLOAD}``, whose payload text (from ``payload_start`` to the
+        closing brace) the caller has checked to be exactly one strict JSON value, safe to pass
+        on; the envelope is ours, as in ``make``, with the same key order. The payload is
+        decoded only if someone reads it (``EncodedFrame``)."""
+        ts, ts_bytes = _utc_stamp()
+        seq = self._seq
         self._seq += 1
+        # One formatting pass builds the whole line: %b takes any buffer, so the script's
+        # bytes are copied once, straight into place.
+        line = (
+            b'%b,"seq":%d,"ts":"%b",%b\n'
+            % (  # type: ignore[str-format]
+                self._line_start,
+                seq,
+                ts_bytes,
+                memoryview(script_line)[1:],
+            )
+        )
+        # The script's line lost its "{" and gained the envelope before and "\n" after.
+        offset = len(line) - len(script_line) - 1
+        frame = EncodedFrame(v=PROTOCOL_VERSION, run_id=self.run_id, seq=seq, ts=ts, type=type_)
+        frame.line = line
+        frame._payload_span = (offset + payload_start, len(line) - 2)
         return frame
 
     def log(self, stream: str, line: str) -> Frame:

@@ -4,7 +4,11 @@ vouch for takes the exact path."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -50,6 +54,13 @@ def test_a_runtime_line_is_spliced_into_exactly_the_bytes_encoding_gives(line: b
         (b'{"type":"data","payload":1e999}', "error"),  # overflow: reported as before
         (b'{"type":"data","payload":"\xed\xa0\x80"}', "data"),  # encoded surrogate: replaced
         (b'{"type":"data","payload":"a"}   trailing', "log"),
+        (b'{"type":"data","payload":\xef\xbb\xbf{}}', "log"),  # a BOM inside the line
+        (b'{"type":"data","payload":"\\udc00 low"}', "data"),  # lone low surrogate: replaced
+        (b'{"type":"data","payload":"\\ud800\\u0041"}', "data"),  # high without its low
+        (b'{"type":"data","payload":' + b"[" * 1100 + b"]" * 1100 + b"}", "log"),  # too deep
+        (b'{"type":"data","payload":"a\tb"}', "log"),  # an unescaped control character
+        (b'{"type":"data","payload":01}', "log"),
+        (b'{"type":"data","payload":}', "log"),
     ],
 )
 def test_lines_the_fast_path_cannot_vouch_for_take_the_exact_path(line: bytes, kind: str) -> None:
@@ -95,3 +106,112 @@ def test_the_fast_parse_gives_the_value_json_gives(payload: bytes) -> None:
     if isinstance(expected, int):
         assert str(frame["payload"]) == str(expected)
     assert json.loads(encode(frame))["payload"] == expected
+
+
+# --- the spliced frame's payload is decoded only when read ---------------------------------
+
+LAZY_LINE = b'{"type":"data","payload":{"i":7,"rows":[{"a":"h\xc3\xa9"},null,1.5]}}'
+LAZY_PAYLOAD = {"i": 7, "rows": [{"a": "hé"}, None, 1.5]}
+
+
+@pytest.fixture
+def lazy() -> EncodedFrame:
+    frame = feed(LAZY_LINE)
+    assert isinstance(frame, EncodedFrame)
+    assert "payload" not in dict.keys(frame)  # not decoded yet: only the line holds it
+    return frame
+
+
+def expected_frame(frame: EncodedFrame) -> dict[str, object]:
+    head = {key: dict.__getitem__(frame, key) for key in ("v", "run_id", "seq", "ts", "type")}
+    return {**head, "payload": LAZY_PAYLOAD}
+
+
+def test_the_payload_is_not_decoded_to_stream_a_frame(lazy: EncodedFrame) -> None:
+    assert lazy["type"] == "data"
+    assert json.loads(encode(lazy)) == expected_frame(lazy)
+    assert "payload" not in dict.keys(lazy)
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda f: f["payload"],
+        lambda f: f.get("payload"),
+        lambda f: dict(f),
+        lambda f: {**f},
+        lambda f: json.loads(json.dumps(f)),
+        lambda f: copy.copy(f),
+        lambda f: copy.deepcopy(f),
+        lambda f: pickle.loads(pickle.dumps(f)),  # noqa: S301 - our own bytes
+        lambda f: {} | f,
+        lambda f: f | {},
+        lambda f: dict(zip(f.keys(), f.values(), strict=True)),
+        lambda f: dict(f.items()),
+        lambda f: {key: f[key] for key in f},
+        lambda f: f.copy(),
+    ],
+    ids=[
+        "getitem",
+        "get",
+        "dict",
+        "unpack",
+        "json.dumps",
+        "copy",
+        "deepcopy",
+        "pickle",
+        "ror",
+        "or",
+        "keys-values",
+        "items",
+        "iter",
+        "copy-method",
+    ],  # fmt: skip
+)
+def test_every_way_of_reading_a_spliced_frame_sees_its_payload(
+    lazy: EncodedFrame, read: Callable[[EncodedFrame], Any]
+) -> None:
+    value = read(lazy)
+    whole = expected_frame(lazy)
+    assert value in (LAZY_PAYLOAD, whole)  # the payload itself, or the whole frame
+    assert lazy == whole
+    assert not lazy != whole  # noqa: SIM202 - __ne__ is its own method on a dict
+    assert len(lazy) == 6
+    assert "payload" in lazy
+    assert "payload" in repr(lazy)
+    assert list(reversed(lazy))[0] == "payload"
+
+
+def test_a_change_keeps_the_payload_and_forgets_the_line(lazy: EncodedFrame) -> None:
+    lazy["extra"] = 1
+    assert lazy.line is None
+    assert json.loads(encode(lazy))["payload"] == LAZY_PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda f: f.update(seq=9),
+        lambda f: f.setdefault("extra", 1),
+        lambda f: f.pop("seq"),
+        lambda f: f.popitem(),
+        lambda f: f.__ior__({"seq": 9}),
+        lambda f: f.__delitem__("ts"),
+    ],
+    ids=["update", "setdefault", "pop", "popitem", "ior", "del"],
+)
+def test_every_change_decodes_first(
+    lazy: EncodedFrame, change: Callable[[EncodedFrame], Any]
+) -> None:
+    change(lazy)
+    assert lazy.line is None
+    assert dict.get(lazy, "payload", LAZY_PAYLOAD) == LAZY_PAYLOAD
+
+
+def test_dropping_the_payload_does_not_decode_it(lazy: EncodedFrame) -> None:
+    del lazy["payload"]
+    assert "payload" not in lazy
+    assert lazy.line is None
+    assert "payload" not in json.loads(encode(lazy))
+    with pytest.raises(KeyError):
+        lazy["payload"]
