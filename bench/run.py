@@ -38,6 +38,20 @@ from sandbox.policy import read_policy  # noqa: E402
 
 TRIVIAL = {"case": "echo"}
 FRAME_BYTES = 60_040  # one `frame_flood` data line: {"type":"data","payload":{"i":…,"pad":60000}}
+# Small frames, as a connector emitting one record per frame does: `count` thousand data lines
+# of ≈190 bytes, written in blocks so that the container is not what limits the rate. Run as the
+# testkit policy's command (same image, same hardening); the floor runs the same command.
+RECORDS_SCRIPT = """\
+import json, sys
+count = json.loads(sys.stdin.buffer.readline())["args"]["count"]
+record = {"id": 123456, "name": "user123", "score": 1.5, "tags": ["a", "b"], "ok": True,
+          "city": "Amsterdam", "email": "user123@example.com", "note": "x" * 40}
+line = b'{"type":"data","payload":' + json.dumps(record, separators=(",", ":")).encode() + b"}\\n"
+block = line * 1000
+for _ in range(count):
+    sys.stdout.buffer.write(block)
+sys.stdout.buffer.write(b'{"type":"result","payload":{"records":%d}}\\n' % (count * 1000))
+"""
 
 
 def flood_args(mib: int) -> dict[str, Any]:
@@ -60,7 +74,9 @@ def loadavg() -> float:
 # --- setup ------------------------------------------------------------------------------------
 
 
-def write_policies(base: Path, name: str, *, warm: int, runtime: str) -> Path:
+def write_policies(
+    base: Path, name: str, *, warm: int, runtime: str, command: list[str] | None = None
+) -> Path:
     """A private policy dir: testkit pinned to the local image, limits raised for the streams."""
     data = yaml.safe_load((ROOT / "policies" / "testkit.yaml").read_text())
     client = docker.from_env(version="auto")
@@ -70,6 +86,8 @@ def write_policies(base: Path, name: str, *, warm: int, runtime: str) -> Path:
     data["limits"].update(stdout_mb=1024, timeout_s=300)
     data["runtime"] = runtime
     data["pool"] = {"warm": warm}
+    if command is not None:
+        data["command"] = command
     directory = base / name
     directory.mkdir()
     (directory / "testkit.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
@@ -91,6 +109,9 @@ class Bench:
             "runc-pool": write_policies(work, "runc-pool", warm=opts.warm, runtime="runc"),
             "runsc": write_policies(work, "runsc", warm=0, runtime="runsc"),
             "runsc-pool": write_policies(work, "runsc-pool", warm=opts.warm, runtime="runsc"),
+            "records": write_policies(
+                work, "records", warm=0, runtime="runc", command=["python3", "-c", RECORDS_SCRIPT]
+            ),
         }
         owner = current_owner()
         self.floors = {
@@ -101,6 +122,9 @@ class Bench:
             rt: Floor(read_policy(self.policies[rt] / "testkit.yaml"), owner, lean=True)
             for rt in ("runc", "runsc")
         }
+        self.floors["records"] = Floor(
+            read_policy(self.policies["records"] / "testkit.yaml"), owner
+        )
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} load {loadavg():.2f}] {text}", file=sys.stderr)
@@ -141,14 +165,18 @@ class Bench:
         out: dict[str, Any] = {}
         baseline = run_once(self.policies["runc"], TRIVIAL, self.env).peak_rss_kb
         for mib in self.opts.stream_mib:
-            out[f"{mib}MiB"] = self._stream(mib, baseline)
+            out[f"{mib}MiB"] = self._stream(flood_args(mib), "runc", baseline)
             self.log(f"stream {mib} MiB: {out[f'{mib}MiB']}")
+        if self.opts.records:
+            name = f"{self.opts.records}k small frames"
+            out[name] = self._stream({"count": self.opts.records}, "records", baseline)
+            self.log(f"stream of {name}: {out[name]}")
         out["trivial_run_peak_rss_kb"] = baseline
         self.results["streams"] = out
 
-    def _stream(self, mib: int, baseline: int) -> dict[str, Any]:
-        """One stream size: the floor, `sandbox run` and serve, interleaved round by round."""
-        args = flood_args(mib)
+    def _stream(self, args: dict[str, Any], policy: str, baseline: int) -> dict[str, Any]:
+        """One stream: the floor, `sandbox run` and serve, interleaved round by round."""
+        policies = self.policies[policy]
         floor_s: list[float] = []
         run_s: list[float] = []
         serve_s: list[float] = []
@@ -156,20 +184,20 @@ class Bench:
         rss: list[int] = []
         serve_growth: list[int] = []
         size = 0
-        server = ServeClient(self.policies["runc"], self.env)
+        server = ServeClient(policies, self.env)
         server.wait_ready()
-        server.run(TRIVIAL)
+        server.run(TRIVIAL if policy == "runc" else {"count": 1})
         before = proc_stats(server.pid)["hwm_kb"]
 
         def floor_once() -> None:
             nonlocal size
-            cycle = self.floors["runc"].once(args)
+            cycle = self.floors[policy].once(args)
             size = cycle.bytes
             floor_s.append(cycle.seconds)
             phase["floor"].append(cycle.streaming_s)
 
         def run_cli_once() -> None:
-            outcome = _ok(run_once(self.policies["runc"], args, self.env))
+            outcome = _ok(run_once(policies, args, self.env))
             run_s.append(outcome.seconds)
             phase["run"].append(outcome.streaming_s)
             rss.append(outcome.peak_rss_kb)
@@ -341,6 +369,9 @@ def table(results: dict[str, Any]) -> str:
     for name, s in results.get("streams", {}).items():
         if not isinstance(s, dict):
             continue
+        # The issue's target is set on the 50 and 200 MiB frame streams; the small-frames
+        # stream is reported beside them, measured the same way.
+        target = name.endswith("MiB")
         for variant in ("run", "serve"):
             ratio = s[f"{variant}_mb_s"] / s["floor_mb_s"]
             row(
@@ -348,8 +379,8 @@ def table(results: dict[str, Any]) -> str:
                 s[f"{variant}_mb_s"],
                 s["floor_mb_s"],
                 ratio,
-                "≥ 0.90",
-                ratio >= 0.90,
+                "≥ 0.90" if target else "",
+                ratio >= 0.90 if target else None,
             )
         for variant in ("run", "serve"):
             if f"{variant}_streaming_mb_s" in s:
@@ -419,6 +450,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--stream-mib", type=int, nargs="*", default=[50, 200])
     parser.add_argument("--stream-reps", type=int, default=6)
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=200,
+        help="thousands of ≈190-byte frames in the small-frames stream (0: skip it)",
+    )
     parser.add_argument(
         "--inflight-runs", type=int, default=24, help="runs per in-flight measurement"
     )

@@ -1,5 +1,6 @@
 """The one orchestrator: ``Coordinator.run(request)`` yields one run's frames, ending with exactly
-one ``exit`` frame, whatever happens. Talks to the engine only through ``ContainerRuntime``.
+one ``exit`` frame, whatever happens (``run_batches``: the same, grouped as they become ready).
+Talks to the engine only through ``ContainerRuntime``.
 
 "Could not run" (invalid, denied, engine trouble) is raised inside and reported as an ``error``
 frame; "ran and failed" (non-zero exit, timeout, OOM, limits) is data read from the engine. The
@@ -239,6 +240,19 @@ class Coordinator:
         cancel: threading.Event | None = None,
     ) -> Iterator[Frame]:
         """One run's frames. A request that failed to parse is passed as its error."""
+        for batch in self.run_batches(request, run_id=run_id, cancel=cancel):
+            yield from batch
+
+    def run_batches(
+        self,
+        request: Request | SandboxError,
+        *,
+        run_id: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[list[Frame]]:
+        """``run``'s frames, in the groups they become ready in: all the frames of one read of
+        the container's output come together, so a caller can pass them on with one write
+        instead of a write (and a wake-up of its reader) per line."""
         frames = FrameFactory(run_id or new_run_id())
         began = self.clock()
         outcome = Outcome()
@@ -265,8 +279,8 @@ class Coordinator:
             error = frames.from_exception(outcome.error)
             if outcome.partial_outputs:
                 error["error"]["details"]["partial_outputs"] = outcome.partial_outputs
-            yield error
-        yield _exit(frames, outcome, duration)
+            yield [error]
+        yield [_exit(frames, outcome, duration)]
 
     def _record(
         self, run_id: str, request: Request | SandboxError, outcome: Outcome, duration: float
@@ -306,7 +320,7 @@ class Coordinator:
 
     def _run(
         self, request: Request, frames: FrameFactory, outcome: Outcome, cancel: threading.Event
-    ) -> Iterator[Frame]:
+    ) -> Iterator[list[Frame]]:
         loaded = self.policies.find(self.policy_dir, request.tool)
         outcome.loaded = loaded
         policy = loaded.policy
@@ -328,14 +342,16 @@ class Coordinator:
                 spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s)
             outcome.spec = spec
             outcome.limits = _effective_limits(spec, loaded, timeout_s)
-            yield frames.make(
-                "accepted",
-                tool=policy.tool,
-                image=policy.image.name,
-                image_id=policy.image.id,
-                policy_sha256=loaded.sha256,
-                limits=outcome.limits,
-            )
+            yield [
+                frames.make(
+                    "accepted",
+                    tool=policy.tool,
+                    image=policy.image.name,
+                    image_id=policy.image.id,
+                    policy_sha256=loaded.sha256,
+                    limits=outcome.limits,
+                )
+            ]
             yield from self._contain(spec, request, frames, outcome, cancel, stage, loaded, slot)
         finally:
             self._finish_outputs(stage, outcome, loaded)
@@ -370,7 +386,7 @@ class Coordinator:
         stage: staging.OutputStaging | None,
         loaded: LoadedPolicy,
         slot: Slot | None = None,
-    ) -> Iterator[Frame]:
+    ) -> Iterator[list[Frame]]:
         container_id = slot.container_id if slot is not None else self.runtime.create(spec)
         outcome.container_created = True
         attachment: Attachment | None = None
@@ -388,7 +404,7 @@ class Coordinator:
                     self.runtime.start(container_id)
             else:
                 self.runtime.start(container_id)
-            yield frames.make("started", container_id=container_id)
+            yield [frames.make("started", container_id=container_id)]
             watchdog = Watchdog(
                 kill=lambda: self.runtime.kill(container_id),
                 sample=lambda: self.runtime.usage(container_id),
@@ -442,22 +458,22 @@ class Coordinator:
         outcome: Outcome,
         watchdog: Watchdog,
         spec: ContainerSpec,
-    ) -> Iterator[Frame]:
+    ) -> Iterator[list[Frame]]:
         assembler = FrameAssembler(
             frames, frame_max=spec.frame_max_bytes, stream_cap=spec.stream_cap_bytes
         )
         for stream, chunk in attachment.chunks():
-            for frame in assembler.feed(stream, chunk):
-                if frame["type"] == "error":
-                    outcome.script_reported_error = True
-                yield frame
+            batch = assembler.feed(stream, chunk)
+            if batch:
+                _note_script_errors(outcome, batch)
+                yield batch
             if assembler.over_cap:
                 watchdog.trip("stream")
             watchdog.sample_soon()
-        for frame in assembler.flush():
-            if frame["type"] == "error":
-                outcome.script_reported_error = True
-            yield frame
+        batch = assembler.flush()
+        if batch:
+            _note_script_errors(outcome, batch)
+            yield batch
 
     def _remove(self, container_id: str, outcome: Outcome) -> None:
         try:
@@ -500,6 +516,11 @@ class Coordinator:
                 self.runtime.remove(container.id)
                 removed.append(container.id)
         return removed
+
+
+def _note_script_errors(outcome: Outcome, batch: list[Frame]) -> None:
+    if any(frame["type"] == "error" for frame in batch):
+        outcome.script_reported_error = True
 
 
 def refused_frames(error: SandboxError, run_id: str | None = None) -> list[Frame]:

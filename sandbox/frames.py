@@ -38,7 +38,7 @@ def __getattr__(name: str) -> Any:
 
 
 def utc_now() -> str:
-    return _utc_stamp()[0]
+    return stamp()[0]
 
 
 # (millisecond, text, text as bytes) of the last stamp: frames that stream faster than one per
@@ -46,7 +46,8 @@ def utc_now() -> str:
 _last_stamp: tuple[int, str, bytes] = (-1, "", b"")
 
 
-def _utc_stamp() -> tuple[str, bytes]:
+def stamp() -> tuple[str, bytes]:
+    """The ``ts`` of a frame made now, as text and as UTF-8."""
     global _last_stamp  # noqa: PLW0603 - a cache; a race only formats the same text twice
     ms = time.time_ns() // 1_000_000
     last = _last_stamp
@@ -58,45 +59,19 @@ def _utc_stamp() -> tuple[str, bytes]:
 
 
 class EncodedFrame(dict[str, Any]):
-    """A frame that already knows its encoded line: the streaming fast path builds the line
-    from the script's own bytes, whose payload text has been validated but not decoded.
-
-    The payload is decoded from the line the first time anything but the line asks for it
-    (``frame["payload"]``, ``get``, iteration, ``items()``, ``==``, ``dict(frame)``,
-    ``json.dumps``...): a run whose frames only travel as bytes never builds its payloads'
-    Python values, which costs more than the validation itself. Any change to the frame
-    decodes the payload first and forgets the line, so ``encode`` can never return a stale
-    one and the dict never loses its payload."""
+    """A frame that already knows its encoded line, so that it is encoded once. Any change to
+    the frame forgets the line, so ``encode`` can never return a stale one."""
 
     line: bytes | None = None
-    # Where the undecoded payload's text sits in ``line``; None once decoded (or never lazy).
-    _payload_span: tuple[int, int] | None = None
-
-    def _decode_payload(self) -> None:
-        span, self._payload_span = self._payload_span, None
-        if span is not None and self.line is not None:
-            text = self.line[span[0] : span[1]]
-            super().__setitem__("payload", json.loads(text, parse_constant=_no_constant))
 
     def _change(self) -> None:
-        self._decode_payload()
         self.line = None
-
-    def __missing__(self, key: str) -> Any:
-        if key == "payload" and self._payload_span is not None:
-            self._decode_payload()
-            return super().__getitem__(key)
-        raise KeyError(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._change()
         super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
-        if key == "payload" and self._payload_span is not None:
-            self._payload_span = None  # dropped unread: no need to decode it
-            self.line = None
-            return
         self._change()
         super().__delitem__(key)
 
@@ -104,6 +79,53 @@ class EncodedFrame(dict[str, Any]):
         self._change()
         super().update(other)
         return self
+
+
+class SplicedFrame(EncodedFrame):
+    """A ``data``/``result`` frame whose line the streaming fast path built around the
+    script's own bytes: ``…,"type":TYPE,"payload":PAYLOAD}``, the payload text validated but
+    not decoded.
+
+    The payload is decoded from the line the first time anything but the line asks for it
+    (``frame["payload"]``, ``get``, iteration, ``items()``, ``==``, ``dict(frame)``,
+    ``json.dumps``...): a run whose frames only travel as bytes never builds its payloads'
+    Python values, which costs more than the validation itself. Any change decodes the payload
+    first, so the dict never loses it."""
+
+    def _decode_payload(self) -> None:
+        line = self.line
+        if line is not None and not dict.__contains__(self, "payload"):
+            # The envelope before it (version, our run id, seq, ts) cannot hold this key.
+            start = line.index(b'"payload":') + len(b'"payload":')
+            text = line[start:-2]  # up to the closing brace and the newline
+            dict.__setitem__(self, "payload", json.loads(text, parse_constant=_no_constant))
+
+    def _change(self) -> None:
+        self._decode_payload()
+        self.line = None
+
+    def __missing__(self, key: str) -> Any:
+        if key == "payload" and self.line is not None:
+            self._decode_payload()
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def __delitem__(self, key: str) -> None:
+        if key == "payload" and self.line is not None and not dict.__contains__(self, key):
+            self.line = None  # dropped unread: no need to decode it
+            return
+        super().__delitem__(key)
+
+    # The envelope's keys are read on every frame (its type, say): only the payload decodes.
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "payload":
+            self._decode_payload()
+        return dict.get(self, key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if key == "payload":
+            self._decode_payload()
+        return dict.__contains__(self, key)
 
     def __eq__(self, other: object) -> bool:
         self._decode_payload()
@@ -117,7 +139,7 @@ class EncodedFrame(dict[str, Any]):
 def _reading(name: str) -> Any:
     method = getattr(dict, name)
 
-    def read(self: EncodedFrame, *args: Any) -> Any:
+    def read(self: SplicedFrame, *args: Any) -> Any:
         self._decode_payload()
         return method(self, *args)
 
@@ -136,15 +158,15 @@ def _changing(name: str) -> Any:
     return change
 
 
-# Every other way of reading or changing a dict, so that C code which iterates the frame
-# (dict(), json.dumps, copy, pickle, ``|``) sees the payload too.
-for _name in (
-    "__contains__", "__iter__", "__len__", "__repr__", "__reversed__", "__or__", "__ror__",
-    "__reduce_ex__", "copy", "get", "items", "keys", "values",
-):  # fmt: skip
-    setattr(EncodedFrame, _name, _reading(_name))
 for _name in ("clear", "pop", "popitem", "setdefault", "update"):
     setattr(EncodedFrame, _name, _changing(_name))
+# Every other way of reading a dict, so that C code which iterates the frame (dict(),
+# json.dumps, copy, pickle, ``|``) sees the payload too.
+for _name in (
+    "__iter__", "__len__", "__repr__", "__reversed__", "__or__", "__ror__", "__reduce_ex__",
+    "copy", "items", "keys", "values",
+):  # fmt: skip
+    setattr(SplicedFrame, _name, _reading(_name))
 
 
 def _no_constant(name: str) -> Any:
@@ -152,16 +174,27 @@ def _no_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
+# json.dumps builds an encoder per call when given options; frames are encoded per line.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def encode(frame: Frame) -> bytes:
     """One frame as a UTF-8 line with its newline; lone surrogates become U+FFFD."""
     if isinstance(frame, EncodedFrame) and frame.line is not None:
         return frame.line
-    text = json.dumps(frame, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = _ENCODER.encode(frame)
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
         data = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
     return data + b"\n"
+
+
+def sealed(frame: Frame, line: bytes) -> EncodedFrame:
+    """``frame`` carrying ``line``, its encoding, so that it is not encoded a second time."""
+    done = EncodedFrame(frame)
+    done.line = line
+    return done
 
 
 class FrameFactory:
@@ -184,31 +217,26 @@ class FrameFactory:
         self._seq += 1
         return frame
 
-    def spliced(self, type_: str, script_line: bytes, payload_start: int) -> EncodedFrame:
+    def spliced(self, type_: str, script_line: bytes, now: tuple[str, bytes]) -> SplicedFrame:
         """A ``data``/``result`` frame whose line reuses the script's own line,
-        ``{"type":TYPE,"payload":PAYLOAD}``, whose payload text (from ``payload_start`` to the
-        closing brace) the caller has checked to be exactly one strict JSON value, safe to pass
-        on; the envelope is ours, as in ``make``, with the same key order. The payload is
-        decoded only if someone reads it (``EncodedFrame``)."""
-        ts, ts_bytes = _utc_stamp()
+        ``{"type":TYPE,"payload":PAYLOAD}``, which the caller has checked to be exactly that
+        object with a strict JSON payload, safe to pass on; the envelope is ours, as in
+        ``make``, with the same key order, ``now`` (``stamp()``) its ts. The payload is decoded
+        only if someone reads it (``SplicedFrame``)."""
         seq = self._seq
-        self._seq += 1
+        self._seq = seq + 1
+        frame = SplicedFrame(v=PROTOCOL_VERSION, run_id=self.run_id, seq=seq, ts=now[0], type=type_)
         # One formatting pass builds the whole line: %b takes any buffer, so the script's
         # bytes are copied once, straight into place.
-        line = (
+        frame.line = (
             b'%b,"seq":%d,"ts":"%b",%b\n'
             % (  # type: ignore[str-format]
                 self._line_start,
                 seq,
-                ts_bytes,
+                now[1],
                 memoryview(script_line)[1:],
             )
         )
-        # The script's line lost its "{" and gained the envelope before and "\n" after.
-        offset = len(line) - len(script_line) - 1
-        frame = EncodedFrame(v=PROTOCOL_VERSION, run_id=self.run_id, seq=seq, ts=ts, type=type_)
-        frame.line = line
-        frame._payload_span = (offset + payload_start, len(line) - 2)
         return frame
 
     def log(self, stream: str, line: str) -> Frame:

@@ -79,13 +79,13 @@ class Backend(Protocol):
 
     policy_dir: Path
 
-    def run(
+    def run_batches(
         self,
         request: Request | SandboxError,
         *,
         run_id: str | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[Frame]: ...
+    ) -> Iterator[list[Frame]]: ...
 
 
 @dataclass(frozen=True)
@@ -415,15 +415,15 @@ class Server:
         job.announced.wait()
         job.began = self._clock()
         try:
-            frames = self._backend.run(job.request, run_id=job.run_id, cancel=job.cancel)
-            last = self._emit(job, frames)
+            batches = self._backend.run_batches(job.request, run_id=job.run_id, cancel=job.cancel)
+            last = self._emit(job, batches)
         except Exception as exc:  # noqa: BLE001 - the call must still be answered
             logger.error("run {} failed inside the server", job.run_id, exception=exc)
             last = None
         try:
             if last is None:
                 error = InfrastructureError("internal error: the run ended without an exit frame")
-                last = self._emit(job, refused_frames(error, job.run_id))
+                last = self._emit(job, [refused_frames(error, job.run_id)])
             self._respond(job.rpc_id, last)
         finally:
             self._release(job)
@@ -431,15 +431,22 @@ class Server:
     def _refuse(self, job: Job, error: SandboxError) -> None:
         """Answer a run that never gets a container: error and exit frames, then the exit."""
         job.announced.wait()
-        self._respond(job.rpc_id, self._emit(job, refused_frames(error, job.run_id)))
+        self._respond(job.rpc_id, self._emit(job, [refused_frames(error, job.run_id)]))
 
-    def _emit(self, job: Job, frames: Iterable[Frame]) -> Frame | None:
-        """Send each frame as an ``event``; the exit frame, or None if the run did not end."""
+    def _emit(self, job: Job, batches: Iterable[list[Frame]]) -> Frame | None:
+        """Send each frame as an ``event``, a batch with one write; the exit frame, or None if
+        the run did not end."""
         last: Frame | None = None
-        for frame in frames:
-            self._metrics.frame(job, frame)
-            self._event(frame)
-            last = frame
+        for batch in batches:
+            lines = []
+            for frame in batch:
+                self._metrics.frame(job, frame)
+                line = self._event_line(frame)
+                if line is not None:
+                    lines.append(line)
+                last = frame
+            if lines:
+                self._writer.put_many(lines)
         return last if last is not None and last.get("type") == "exit" else None
 
     def _release(self, job: Job) -> None:
@@ -451,15 +458,15 @@ class Server:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def _event(self, frame: Frame) -> None:
+    def _event_line(self, frame: Frame) -> bytes | None:
         """An ``event`` notification, spliced around the frame's line: the same bytes as
         encoding the whole message, without encoding a large payload a second time."""
         try:
             line = encode(frame)
         except ValueError as exc:  # frames are strict JSON; this would be a bug
             logger.error("could not encode a frame: {}", exc)
-            return
-        self._writer.put(_EVENT_PREFIX + line[:-1] + b"}\n")
+            return None
+        return b"".join((_EVENT_PREFIX, memoryview(line)[:-1], b"}\n"))
 
     def _notify(self, method: str, params: dict[str, Any]) -> None:
         self._send({"jsonrpc": "2.0", "method": method, "params": params})

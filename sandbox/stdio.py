@@ -12,6 +12,9 @@ from typing import BinaryIO
 from .log import logger
 
 WRITE_BUFFER_BYTES = 8 * 1024 * 1024
+# Small lines waiting together go out in one write of up to this many bytes; a larger line goes
+# out alone, never copied into a joined one.
+WRITE_BATCH_BYTES = 64 * 1024
 
 
 def read_lines(stream: BinaryIO, max_bytes: int, chunk: int = 64 * 1024) -> Iterator[bytes | None]:
@@ -67,14 +70,19 @@ class LineWriter:
         self._thread.start()
 
     def put(self, line: bytes) -> None:
+        self.put_many([line])
+
+    def put_many(self, lines: list[bytes]) -> None:
+        """Queue ``lines`` in order, as one producer's batch: one wake-up of the writer."""
+        size = sum(map(len, lines))
         with self._cond:
-            # An empty buffer always takes a line, however long, so nothing waits forever.
-            while not self._dropping and self._bytes and self._bytes + len(line) > self._max:
+            # An empty buffer always takes a batch, however long, so nothing waits forever.
+            while not self._dropping and self._bytes and self._bytes + size > self._max:
                 self._cond.wait()
             if self._dropping:
                 return
-            self._lines.append(line)
-            self._bytes += len(line)
+            self._lines.extend(lines)
+            self._bytes += size
             self._cond.notify_all()
 
     def close(self, timeout_s: float) -> None:
@@ -101,14 +109,22 @@ class LineWriter:
                     self._cond.wait()
                 if not self._lines:
                     return
-                line = self._lines.popleft()
-                self._bytes -= len(line)
+                # What is waiting goes out together (up to WRITE_BATCH_BYTES): a run streaming
+                # small frames puts thousands of lines a second, and a write (and a wake-up of
+                # the reader) each would cost more than making them.
+                lines = [self._lines.popleft()]
+                size = len(lines[0])
+                while self._lines and size + len(self._lines[0]) <= WRITE_BATCH_BYTES:
+                    line = self._lines.popleft()
+                    lines.append(line)
+                    size += len(line)
+                self._bytes -= size
                 self._cond.notify_all()
-            self._write(line)
+            self._write(lines)
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, lines: list[bytes]) -> None:
         try:
-            view = memoryview(line)
+            view = memoryview(lines[0] if len(lines) == 1 else b"".join(lines))
             while view:
                 view = view[self._out.write(view) :]
             self._out.flush()

@@ -9,56 +9,52 @@ boundary, marked, and the rest of it discarded as it streams, so memory stays bo
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
-from .frames import Frame, FrameFactory, encode, script_fields
+from .frames import Frame, FrameFactory, encode, script_fields, sealed, stamp
 from .request import loads_strict
 
 StreamName = Literal["stdout", "stderr"]
 TRUNCATION_MARK = " …[line truncated]"
 
-# The fast path passes a script's payload bytes through as they are, only in the exact form the
-# in-image runtime writes:
+# The fast path passes a script's lines through as they are, only in the exact form the
+# in-image runtime writes.
 _DATA_PREFIX = b'{"type":"data","payload":'
 _RESULT_PREFIX = b'{"type":"result","payload":'
-# ... with the payload starting at its value: simdjson skips a byte order mark there, which
-# would then travel inside the frame.
-_VALUE_START = frozenset(b'{["-0123456789tfn')
 
 
-class PayloadChecker:
-    """Whether a payload text is exactly one strict JSON value, safe to pass on as it is,
-    without building that value.
+class LineChecker:
+    """Whether a line that starts ``{"type":"data","payload":`` (or ``result``) and ends with
+    ``}`` is exactly that two-key object with a strict JSON payload: safe to pass on as it is,
+    without building its value.
 
     simdjson validates at several GB/s where decoding (json, orjson) builds every object and
-    string: 5-6x slower on record-shaped data, and the one cost that grew with every byte a
-    run streams. It refuses what strict JSON refuses (invalid UTF-8, lone surrogates escaped or
+    string: 5-6x slower on record-shaped data, and the one cost that grew with every byte a run
+    streams. It refuses what strict JSON refuses (invalid UTF-8, lone surrogates escaped or
     encoded, NaN/Infinity, numbers that overflow to infinity, control characters, anything
-    after the value, so no second "type" or "payload" key can hide behind it), and also what
-    it cannot vouch for (integers beyond 64 bits, nesting deeper than 1024): those lines take
-    the exact path, where json decides. (A payload nested nearly 1024 deep passes; json, whose
-    limit is the interpreter's recursion limit, would not decode it from Python.) One checker
-    per run: a parser is not thread-safe."""
+    after the object), and also what it cannot vouch for (integers beyond 64 bits, nesting
+    deeper than 1024): those lines take the exact path, where json decides. Counting the keys
+    (duplicates included) catches a second "type" or "payload" and any other key. (A payload
+    nested nearly 1024 deep passes; json, whose limit is the interpreter's recursion limit,
+    would not decode it from Python.) One checker per run: a parser is not thread-safe."""
 
     def __init__(self) -> None:
         import simdjson  # here, not at import: `sandbox run` loads it while the container starts
 
         self._parser = simdjson.Parser()
+        self._object = simdjson.Object
 
-    def __call__(self, text: memoryview) -> bool:
-        if not text or text[0] not in _VALUE_START:
-            return False
+    def __call__(self, line: bytes) -> bool:
         try:
-            # The document is dropped at once: the parser can only be reused once it is gone.
-            self._parser.parse(text)
+            # The document goes at once: the parser can only be reused once it is gone.
+            document = self._parser.parse(line)
         except (ValueError, RuntimeError):  # simdjson's errors, UnicodeDecodeError included
             return False
-        return True
+        return isinstance(document, self._object) and len(document) == 2
 
 
-class Line(NamedTuple):
-    data: bytes
-    truncated: bool = False
+class Cut(bytes):
+    """A line cut at the line limit; the rest of it was dropped."""
 
 
 def _cut_utf8(data: bytes, limit: int) -> bytes:
@@ -75,9 +71,9 @@ def _cut_utf8(data: bytes, limit: int) -> bytes:
 
 
 class LineSplitter:
-    """Splits one stream into lines of at most ``max_line`` bytes (newline excluded).
-
-    The pieces of a line that spans chunks are kept as they came and joined once."""
+    """Splits one stream into lines of at most ``max_line`` bytes (newline excluded); a longer
+    one comes out ``Cut``. The pieces of a line that spans chunks are kept as they came and
+    joined once."""
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
@@ -90,8 +86,8 @@ class LineSplitter:
         """Bytes held for a line not yet complete (at most ``max_line``)."""
         return self._size
 
-    def feed(self, chunk: bytes) -> list[Line]:
-        lines: list[Line] = []
+    def feed(self, chunk: bytes) -> list[bytes]:
+        lines: list[bytes] = []
         end = chunk.find(b"\n")  # a one-byte find is a memchr; bytes.split walks byte by byte
         if end < 0:
             if chunk:
@@ -107,26 +103,24 @@ class LineSplitter:
         start = end + 1
         while (end := find(b"\n", start)) >= 0:
             piece = chunk[start:end]
-            lines.append(Line(piece) if len(piece) <= limit else self._line(piece))
+            lines.append(piece if len(piece) <= limit else self._line(piece))
             start = end + 1
         if start < len(chunk):
             self._partial(chunk[start:], lines)
         return lines
 
-    def flush(self) -> list[Line]:
+    def flush(self) -> list[bytes]:
         """The unterminated last line at end of stream."""
-        lines = [Line(b"".join(self._parts))] if self._parts and not self._discarding else []
+        lines = [b"".join(self._parts)] if self._parts and not self._discarding else []
         self._parts.clear()
         self._size = 0
         self._discarding = False
         return lines
 
-    def _line(self, piece: bytes) -> Line:
-        if len(piece) > self.max_line:
-            return Line(_cut_utf8(piece, self.max_line), truncated=True)
-        return Line(piece)
+    def _line(self, piece: bytes) -> bytes:
+        return Cut(_cut_utf8(piece, self.max_line)) if len(piece) > self.max_line else piece
 
-    def _complete(self, piece: bytes, lines: list[Line]) -> None:
+    def _complete(self, piece: bytes, lines: list[bytes]) -> None:
         """The end of a line whose start came in earlier chunks."""
         if self._discarding:
             self._discarding = False
@@ -137,13 +131,13 @@ class LineSplitter:
         self._size = 0
         lines.append(self._line(whole))
 
-    def _partial(self, piece: bytes, lines: list[Line]) -> None:
+    def _partial(self, piece: bytes, lines: list[bytes]) -> None:
         if self._discarding:
             return
         self._parts.append(piece)
         self._size += len(piece)
         if self._size > self.max_line:
-            lines.append(Line(_cut_utf8(b"".join(self._parts), self.max_line), truncated=True))
+            lines.append(Cut(_cut_utf8(b"".join(self._parts), self.max_line)))
             self._parts.clear()
             self._size = 0
             self._discarding = True
@@ -160,7 +154,7 @@ class FrameAssembler:
         # Room for the envelope and JSON escaping of a log line.
         line_max = max(1024, frame_max - 512)
         self._splitters = {"stdout": LineSplitter(line_max), "stderr": LineSplitter(line_max)}
-        self._payload_ok = PayloadChecker()
+        self._line_ok = LineChecker()
 
     @property
     def over_cap(self) -> bool:
@@ -173,61 +167,68 @@ class FrameAssembler:
         self.total_bytes += len(chunk)
         if self.over_cap:
             chunk = chunk[: len(chunk) - (self.total_bytes - self.stream_cap)]
+        lines = self._splitters[stream].feed(chunk)
+        if stream != "stdout":
+            return [self._other(stream, line) for line in lines]
+        now = stamp()  # every line of one read arrived at the same moment
         frames: list[Frame] = []
-        for line in self._splitters[stream].feed(chunk):
-            # The common case first: a whole stdout line that is one of the script's frames.
-            # (`is None`, not truthiness: asking a spliced frame its length decodes it.)
-            frame = None if line.truncated or stream != "stdout" else self._script_frame(line.data)
-            frames.append(self._frame(stream, line) if frame is None else frame)
+        for line in lines:
+            # The common case first: a whole line, as the runtime writes it. (`is None`, not
+            # truthiness: asking a spliced frame its length decodes its payload.)
+            frame = self._spliced(line, now) if line.__class__ is bytes else None
+            frames.append(self._other(stream, line) if frame is None else frame)
         return frames
 
     def flush(self) -> list[Frame]:
-        frames: list[Frame] = []
-        for stream in ("stdout", "stderr"):
-            for line in self._splitters[stream].flush():
-                frame = None if stream != "stdout" else self._script_frame(line.data)
-                frames.append(self._frame(stream, line) if frame is None else frame)
-        return frames
+        return [
+            self._other(stream, line)
+            for stream in ("stdout", "stderr")
+            for line in self._splitters[stream].flush()
+        ]
 
-    def _frame(self, stream: StreamName, line: Line) -> Frame:
-        """A line that is not one of the script's frames (``_script_frame`` said None)."""
-        if stream == "stdout" and line.truncated and line.data.lstrip().startswith(b"{"):
-            return self.factory.error(
-                "ProtocolError",
-                f"a stdout line longer than {self.frame_max} bytes was cut and dropped; large "
-                "data belongs in files under /output",
-                details={
-                    "limit": self.frame_max,
-                    "head": line.data[:200].decode("utf-8", "replace"),
-                },
-            )
-        text = line.data.decode("utf-8", "replace")
-        return self.fitting_log(stream, text + TRUNCATION_MARK if line.truncated else text)
-
-    def _spliced_frame(self, stripped: bytes) -> Frame | None:
-        """The fast path for the runtime's own data/result lines: the payload text is
-        validated (never decoded) and passed through, never re-encoded."""
-        if stripped.startswith(_DATA_PREFIX):
-            type_, start = "data", len(_DATA_PREFIX)
-        elif stripped.startswith(_RESULT_PREFIX):
-            type_, start = "result", len(_RESULT_PREFIX)
+    def _spliced(self, line: bytes, now: tuple[str, bytes]) -> Frame | None:
+        """The fast path for the runtime's own data/result lines: validated (the payload never
+        decoded) and passed through, never re-encoded."""
+        if not line.endswith(b"}"):
+            return None
+        if line.startswith(_DATA_PREFIX):
+            type_ = "data"
+        elif line.startswith(_RESULT_PREFIX):
+            type_ = "result"
         else:
             return None
-        if not stripped.endswith(b"}") or not self._payload_ok(memoryview(stripped)[start:-1]):
+        if not self._line_ok(line):
             return None
-        frame = self.factory.spliced(type_, stripped, start)
+        frame = self.factory.spliced(type_, line, now)
         if frame.line is not None and len(frame.line) > self.frame_max:
             return self._oversized(frame, type_, ["payload"], len(frame.line))
         return frame
 
+    def _other(self, stream: StreamName, line: bytes) -> Frame:
+        """A line the fast path did not take: a script frame in another form, or a log line."""
+        cut = isinstance(line, Cut)
+        if stream == "stdout" and not cut:
+            frame = self._script_frame(line)
+            if frame is not None:
+                return frame
+        if stream == "stdout" and cut and line.lstrip().startswith(b"{"):
+            return self.factory.error(
+                "ProtocolError",
+                f"a stdout line longer than {self.frame_max} bytes was cut and dropped; large "
+                "data belongs in files under /output",
+                details={"limit": self.frame_max, "head": line[:200].decode("utf-8", "replace")},
+            )
+        text = line.decode("utf-8", "replace")
+        return self.fitting_log(stream, text + TRUNCATION_MARK if cut else text)
+
     def _script_frame(self, data: bytes) -> Frame | None:
-        # The runtime's own lines carry no surrounding blanks: spare them the copy of strip().
-        stripped = data if data[:1] == b"{" and data[-1:] == b"}" else data.strip()
+        stripped = data.strip()
         if not stripped.startswith(b"{"):
             return None
-        spliced = self._spliced_frame(stripped)
-        if spliced is not None:
-            return spliced
+        if stripped is not data:
+            spliced = self._spliced(stripped, stamp())
+            if spliced is not None:
+                return spliced
         try:
             obj = loads_strict(stripped)
         except (ValueError, RecursionError):
@@ -262,7 +263,9 @@ class FrameAssembler:
     def fitting_log(self, stream: StreamName, text: str) -> Frame:
         """A log frame, its text shortened until the encoded frame fits the line limit."""
         frame = self.factory.log(stream, text)
-        while len(encode(frame)) > self.frame_max:
+        line = encode(frame)
+        while len(line) > self.frame_max:
             text = text[: max(0, len(text) // 2)]
             frame["line"] = text + TRUNCATION_MARK
-        return frame
+            line = encode(frame)
+        return sealed(frame, line)

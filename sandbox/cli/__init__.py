@@ -8,6 +8,7 @@ stdout carries frames (or a command's own report) only; human logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -125,11 +126,19 @@ def _inputs_value(pairs: Iterable[str]) -> dict[str, str]:
 
 def write_frames(frames: Iterable[Frame], out: BinaryIO) -> Frame:
     """Write each frame as one flushed line; return the last (the exit frame)."""
+    return write_batches(([frame] for frame in frames), out)
+
+
+def write_batches(batches: Iterable[list[Frame]], out: BinaryIO) -> Frame:
+    """Write each batch of frames, one line each, with one flushed write; return the last
+    frame (the exit frame)."""
     last: Frame = {}
-    for frame in frames:
-        out.write(encode(frame))
+    for batch in batches:
+        out.write(
+            b"".join([encode(frame) for frame in batch]) if len(batch) > 1 else encode(batch[0])
+        )
         out.flush()
-        last = frame
+        last = batch[-1]
     return last
 
 
@@ -157,9 +166,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if not isinstance(request, SandboxError):
         _reap_quietly(coordinator)
+    collect_garbage_again()
     widen_pipe(sys.stdout.buffer)
-    last = write_frames(coordinator.run(request, cancel=cancel), sys.stdout.buffer)
+    last = write_batches(coordinator.run_batches(request, cancel=cancel), sys.stdout.buffer)
     return EXIT_CODES.get(last.get("status", "infrastructure_error"), 6)
+
+
+def collect_garbage_again() -> None:
+    """Switch the garbage collector back on (``sandbox.__main__`` starts without it); what
+    start-up made is frozen first, so that collections never scan it."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 PIPE_BYTES = 1024 * 1024
@@ -313,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _usage_exit(argv, exc)
     configure_logging(args.log_format, args.log_level)
     handler: Handler = args.handler
+    if handler is not cmd_run:
+        collect_garbage_again()
     try:
         return handler(args)
     except SandboxError as exc:

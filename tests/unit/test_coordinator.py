@@ -41,6 +41,26 @@ def test_happy_path_frames_in_order_with_consecutive_seq(run: Run, runtime: Fake
         decode(json.dumps(frame))  # every frame validates against the protocol models
 
 
+def test_frames_of_one_read_come_as_one_batch(
+    coordinator: Coordinator, runtime: FakeRuntime
+) -> None:
+    lines = b"".join(b'{"type":"data","payload":%d}\n' % i for i in range(3))
+    runtime.scripts.append(
+        FakeContainer(output=[("stdout", lines), ("stdout", b'{"type":"result","payload":1}\n')])
+    )
+    request = Request(tool="echo", args={"case": "x"})
+    batches = list(coordinator.run_batches(request, run_id="run1"))
+    assert [types(batch) for batch in batches] == [
+        ["accepted"],
+        ["started"],
+        ["data", "data", "data"],
+        ["result"],
+        ["exit"],
+    ]
+    flat = [frame for batch in batches for frame in batch]
+    assert [f["seq"] for f in flat] == list(range(7))
+
+
 def test_request_reaches_stdin_with_container_paths(
     run: Run, runtime: FakeRuntime, tmp_path: Path
 ) -> None:

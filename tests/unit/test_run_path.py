@@ -40,3 +40,46 @@ def test_sandbox_run_widens_a_stdout_pipe_and_leaves_other_outputs_alone(
         assert fcntl.fcntl(out.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
     with (tmp_path / "frames.jsonl").open("wb") as regular:
         widen_pipe(regular)  # a file: nothing to widen, and no error
+
+
+class CountingOut:
+    """A binary stdout that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_sandbox_run_writes_a_batch_of_frames_with_one_write() -> None:
+    from sandbox.cli import write_batches
+    from sandbox.frames import FrameFactory, encode
+
+    factory = FrameFactory("r")
+    batches = [[factory.log("stdout", f"line {i}") for i in range(3)], [factory.make("exit")]]
+    out = CountingOut()
+    last = write_batches(batches, out)  # type: ignore[arg-type]
+    assert last["type"] == "exit"
+    assert out.writes == [b"".join(encode(f) for f in batches[0]), encode(batches[1][0])]
+
+
+def test_the_collector_starts_off_and_comes_back_on_with_start_up_frozen() -> None:
+    code = (
+        "import gc, sys;"
+        "sys.argv = ['sandbox', 'run', 'no-such-tool'];"
+        "import sandbox.__main__ as m, sandbox.cli as cli;"
+        "seen = [];"
+        "cli._reap_quietly = lambda coordinator: None;"
+        "cli.write_batches = lambda batches, out: seen.append(gc.isenabled()) or {};"
+        "cli._exit_now = lambda code: (print(seen, gc.get_freeze_count() > 0), sys.exit(0));"
+        "gc.enable(); m.main()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.strip()
+    assert out == "[True] True"  # on again when the frames flow, start-up's objects frozen

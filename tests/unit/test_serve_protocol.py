@@ -53,6 +53,23 @@ class FakeBackend:
     peak: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def run_batches(
+        self,
+        request: Request | SandboxError,
+        *,
+        run_id: str | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[list[Frame]]:
+        """The frames one at a time, except a flood's data, which comes ten to a batch."""
+        batch: list[Frame] = []
+        for frame in self.run(request, run_id=run_id, cancel=cancel):
+            batch.append(frame)
+            if frame["type"] != "data" or len(batch) == 10:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     def run(
         self,
         request: Request | SandboxError,

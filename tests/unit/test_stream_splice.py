@@ -23,7 +23,9 @@ def feed(line: bytes, frame_max: int = 1024 * 1024) -> dict[str, object]:
 
 
 def exact(frame: dict[str, object]) -> bytes:
-    return json.dumps(dict(frame), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    """The frame's values encoded as the exact path does, lone surrogates becoming U+FFFD."""
+    text = json.dumps(dict(frame), ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode() + b"\n"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,8 @@ def test_a_runtime_line_is_spliced_into_exactly_the_bytes_encoding_gives(line: b
     [
         (b'{"type":"data","payload":1,"type":"exit"}', "log"),  # a second key behind the value
         (b'{"type":"data","payload":1,"payload":2}', "data"),  # decoded exactly: last one wins
+        (b'{"type":"data","payload":1,"extra":2}', "log"),  # a key the protocol does not have
+        (b'{"type":"data","payload":{"a":1},"a":1}', "log"),
         (b'{"type":"data","payload":"\\ud800 lone"}', "data"),  # lone surrogate: replaced
         (b'{"type":"data","payload":NaN}', "log"),
         (b'{"type":"data","payload":1e999}', "error"),  # overflow: reported as before
@@ -65,8 +69,9 @@ def test_a_runtime_line_is_spliced_into_exactly_the_bytes_encoding_gives(line: b
 )
 def test_lines_the_fast_path_cannot_vouch_for_take_the_exact_path(line: bytes, kind: str) -> None:
     frame = feed(line)
-    assert not (isinstance(frame, EncodedFrame) and frame.line is not None)
     assert frame["type"] == kind
+    # Not the script's bytes passed on: the frame's line is what encoding its values gives.
+    assert encode(frame) == exact(frame)
     json.loads(encode(frame))  # always one valid line
 
 
@@ -131,6 +136,14 @@ def test_the_payload_is_not_decoded_to_stream_a_frame(lazy: EncodedFrame) -> Non
     assert lazy["type"] == "data"
     assert json.loads(encode(lazy)) == expected_frame(lazy)
     assert "payload" not in dict.keys(lazy)
+
+
+def test_reading_the_envelope_does_not_decode_the_payload(lazy: EncodedFrame) -> None:
+    assert lazy.get("type") == "data"
+    assert "seq" in lazy
+    assert lazy["ts"]
+    assert lazy.get("missing") is None
+    assert "payload" not in dict.keys(lazy)  # what serve's metrics read on every frame
 
 
 @pytest.mark.parametrize(
@@ -215,3 +228,10 @@ def test_dropping_the_payload_does_not_decode_it(lazy: EncodedFrame) -> None:
     assert "payload" not in json.loads(encode(lazy))
     with pytest.raises(KeyError):
         lazy["payload"]
+
+
+def test_a_log_frame_carries_its_encoding() -> None:
+    frame = feed(b"plain text, \xc3\xa9 and a \x1b escape")
+    assert frame["type"] == "log"
+    assert isinstance(frame, EncodedFrame)
+    assert frame.line == exact(frame)
