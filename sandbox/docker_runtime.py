@@ -10,6 +10,7 @@ is an error, never a pull, and a non-zero exit is data, not an exception (the SD
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -55,19 +56,76 @@ _MEMORY_PEAK = (
 )
 
 
-def _read_counter(container_id: str, candidates: tuple[str, ...], prefix: str = "") -> int | None:
-    for pattern in candidates:
-        try:
-            text = (_CGROUP_ROOT / pattern.format(id=container_id)).read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith(prefix):
-                try:
-                    return int(line[len(prefix) :].strip())
-                except ValueError:
-                    return None
+def _parse_counter(text: str, prefix: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            try:
+                return int(line[len(prefix) :].strip())
+            except ValueError:
+                return None
     return None
+
+
+class CgroupCounters:
+    """Counter files of containers, opened once and read with ``pread``.
+
+    A run samples its container's counters every few milliseconds while output arrives.
+    Opening a cgroup file costs ≈50 µs on an idle host and several times that on two busy
+    cores; re-reading an open one costs ≈1 µs. Files stay open until ``forget`` (the
+    container's removal); at most ``MAX_CONTAINERS`` containers' files are kept, the oldest
+    closed first. Reads and closes share a lock, so a read never meets a reused fd number."""
+
+    MAX_CONTAINERS = 64
+    _GONE = -1  # the file was open and its cgroup has since gone: it never comes back
+
+    def __init__(self, root: Path = _CGROUP_ROOT) -> None:
+        self._root = root
+        self._lock = threading.Lock()
+        self._fds: dict[str, dict[str, int]] = {}
+
+    def read(self, container_id: str, candidates: tuple[str, ...], prefix: str = "") -> int | None:
+        with self._lock:
+            fds = self._fds.get(container_id)
+            if fds is None:
+                fds = self._fds[container_id] = {}
+                self._evict()
+            fd = fds.get(candidates[0])
+            if fd is None:
+                fd = self._open(container_id, candidates)
+                if fd is None:
+                    return None  # not there (yet): looked for again next time
+                fds[candidates[0]] = fd
+            if fd == self._GONE:
+                return None
+            try:
+                text = os.pread(fd, 4096, 0).decode("ascii", "replace")
+            except OSError:
+                os.close(fd)
+                fds[candidates[0]] = self._GONE
+                return None
+        return _parse_counter(text, prefix)
+
+    def forget(self, container_id: str) -> None:
+        with self._lock:
+            self._close(self._fds.pop(container_id, {}))
+
+    def _open(self, container_id: str, candidates: tuple[str, ...]) -> int | None:
+        for pattern in candidates:
+            try:
+                return os.open(self._root / pattern.format(id=container_id), os.O_RDONLY)
+            except OSError:
+                continue
+        return None
+
+    def _evict(self) -> None:
+        while len(self._fds) > self.MAX_CONTAINERS:
+            self._close(self._fds.pop(next(iter(self._fds))))
+
+    @classmethod
+    def _close(cls, fds: dict[str, int]) -> None:
+        for fd in fds.values():
+            if fd != cls._GONE:
+                os.close(fd)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -202,6 +260,7 @@ class DockerRuntime:
         self._timeout_s = timeout_s
         self._client: EngineClient | None = None
         self._checked_images: set[tuple[str, str]] = set()
+        self._counters = CgroupCounters()
 
     @property
     def client(self) -> EngineClient:
@@ -308,13 +367,14 @@ class DockerRuntime:
                     return
                 raise
 
+        self._counters.forget(container_id)
         self._retrying("remove the container", remove_once)
 
     def usage(self, container_id: str) -> ResourceUsage:
         # The engine API has no "pids limit was hit" counter; the container's cgroup does.
         return ResourceUsage(
-            pids_limit_hits=_read_counter(container_id, _PIDS_EVENTS, prefix="max "),
-            memory_peak_bytes=_read_counter(container_id, _MEMORY_PEAK),
+            pids_limit_hits=self._counters.read(container_id, _PIDS_EVENTS, prefix="max "),
+            memory_peak_bytes=self._counters.read(container_id, _MEMORY_PEAK),
         )
 
     def list_managed(self) -> list[ManagedContainer]:

@@ -37,7 +37,7 @@ RUNTIMES = [
 ]
 # Each case is a CLI process plus a container: two cores take about this many at once.
 WORKERS = 4
-# A CLI process (pydantic, jsonschema, PyYAML, orjson) peaks near 50 MiB; streaming must not add
+# A CLI process (pydantic, jsonschema, PyYAML, simdjson) peaks near 50 MiB; streaming must not add
 # much.
 MAX_CLI_RSS_KB = 120 * 1024
 CLI_TIMEOUT_S = 180
