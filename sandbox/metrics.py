@@ -20,6 +20,9 @@ from .rpc import RpcId
 SAMPLES = 1024
 STATUSES: tuple[Status, ...] = typing.get_args(Status)
 
+# The frames whose arrival changes a statistic.
+_COUNTED = frozenset({"accepted", "started", "error", "exit"})
+
 
 @dataclass(eq=False)
 class Job:
@@ -81,9 +84,11 @@ class Metrics:
         self._containers = 0
 
     def frame(self, job: Job, frame: Frame) -> None:
+        kind = frame.get("type")
+        if kind not in _COUNTED:
+            return  # data, progress, log, result: nothing to count, no lock to take
         now = self._clock()
         with self._lock:
-            kind = frame.get("type")
             if kind == "accepted":
                 job.tool, job.accepted_at = str(frame.get("tool")), now
                 stats = self._tools.setdefault(job.tool, ToolStats())

@@ -5,6 +5,7 @@ that owns stdout behind a buffer bounded in bytes (the backpressure of ``sandbox
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -12,9 +13,11 @@ from typing import BinaryIO
 from .log import logger
 
 WRITE_BUFFER_BYTES = 8 * 1024 * 1024
-# Small lines waiting together go out in one write of up to this many bytes; a larger line goes
-# out alone, never copied into a joined one.
-WRITE_BATCH_BYTES = 64 * 1024
+# A whole line, or a part of one.
+Piece = bytes | memoryview
+# What waits goes out in one gathered write (writev) of up to this many bytes and pieces.
+WRITE_BATCH_BYTES = 1024 * 1024
+WRITE_BATCH_PIECES = 512
 
 
 def read_lines(stream: BinaryIO, max_bytes: int, chunk: int = 64 * 1024) -> Iterator[bytes | None]:
@@ -59,7 +62,8 @@ class LineWriter:
         self._out = out
         self._max = max_bytes
         self._on_broken = on_broken
-        self._lines: collections.deque[bytes] = collections.deque()
+        # Pieces of lines (bytes or views), in order: a line may come in several.
+        self._lines: collections.deque[Piece] = collections.deque()
         self._bytes = 0
         self._cond = threading.Condition()
         self._dropping = False
@@ -72,16 +76,17 @@ class LineWriter:
     def put(self, line: bytes) -> None:
         self.put_many([line])
 
-    def put_many(self, lines: list[bytes]) -> None:
-        """Queue ``lines`` in order, as one producer's batch: one wake-up of the writer."""
-        size = sum(map(len, lines))
+    def put_many(self, pieces: list[Piece]) -> None:
+        """Queue ``pieces`` (whole lines, or lines in parts) in order, as one producer's batch:
+        one wake-up of the writer, and no copy to join the parts."""
+        size = sum(len(piece) for piece in pieces)
         with self._cond:
             # An empty buffer always takes a batch, however long, so nothing waits forever.
             while not self._dropping and self._bytes and self._bytes + size > self._max:
                 self._cond.wait()
             if self._dropping:
                 return
-            self._lines.extend(lines)
+            self._lines.extend(pieces)
             self._bytes += size
             self._cond.notify_all()
 
@@ -109,27 +114,38 @@ class LineWriter:
                     self._cond.wait()
                 if not self._lines:
                     return
-                # What is waiting goes out together (up to WRITE_BATCH_BYTES): a run streaming
-                # small frames puts thousands of lines a second, and a write (and a wake-up of
-                # the reader) each would cost more than making them.
-                lines = [self._lines.popleft()]
-                size = len(lines[0])
-                while self._lines and size + len(self._lines[0]) <= WRITE_BATCH_BYTES:
-                    line = self._lines.popleft()
-                    lines.append(line)
-                    size += len(line)
+                # What is waiting goes out together: a run streaming small frames puts
+                # thousands of lines a second, and a write (and a wake-up of the reader) each
+                # would cost more than making them.
+                pieces = [self._lines.popleft()]
+                size = len(pieces[0])
+                while self._lines and size < WRITE_BATCH_BYTES and len(pieces) < WRITE_BATCH_PIECES:
+                    piece = self._lines.popleft()
+                    pieces.append(piece)
+                    size += len(piece)
                 self._bytes -= size
                 self._cond.notify_all()
-            self._write(lines)
+            self._write(pieces)
 
-    def _write(self, lines: list[bytes]) -> None:
+    def _write(self, pieces: list[Piece]) -> None:
         try:
-            view = memoryview(lines[0] if len(lines) == 1 else b"".join(lines))
-            while view:
-                view = view[self._out.write(view) :]
             self._out.flush()
+            write_all(self._out.fileno(), pieces)
         except (OSError, ValueError) as exc:
             if not self._dropping:
                 logger.warning("stdout is closed ({}); dropping further messages", exc)
                 self.abandon()
                 self._on_broken()
+
+
+def write_all(fd: int, pieces: list[Piece]) -> None:
+    """Write ``pieces`` in order with gathered writes, however the kernel splits them."""
+    views = [memoryview(piece) for piece in pieces]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + WRITE_BATCH_PIECES])
+        while first < len(views) and written >= len(views[first]):
+            written -= len(views[first])
+            first += 1
+        if written:
+            views[first] = views[first][written:]

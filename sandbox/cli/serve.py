@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from ..log import logger
+from . import widen_pipe
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -79,6 +80,7 @@ def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
     channel_in = os.fdopen(0, "rb", buffering=0, closefd=False)
     channel_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
+    widen_pipe(channel_out)
     return channel_in, channel_out
 
 

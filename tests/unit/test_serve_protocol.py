@@ -3,6 +3,7 @@ coordinator (no Docker): message errors, correlation, queueing, cancel, backpres
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -34,7 +35,7 @@ from sandbox.rpc import (
 )
 from sandbox.runtime import EngineInfo
 from sandbox.serve import MAX_MESSAGE_BYTES, Backend, ServeOptions, Server, default_max_concurrent
-from sandbox.stdio import LineWriter, read_lines
+from sandbox.stdio import LineWriter, read_lines, write_all
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 10.0
@@ -535,6 +536,28 @@ def test_slow_reader_blocks_producers_instead_of_buffering(backend: FakeBackend)
         assert len([m for m in before if m.get("method") == "event"]) == 5000 + 4
     finally:
         client.close()
+
+
+def test_gathered_writes_keep_every_byte_in_order_when_the_kernel_splits_them() -> None:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # writev returns short often
+    pieces: list[bytes | memoryview] = []
+    for i in range(2000):
+        line = b"%d:" % i + bytes([97 + i % 26]) * (i % 700) + b"\n"
+        pieces += [memoryview(line)[:3], b"", line[3:]]  # a line in parts, an empty piece
+    expected = b"".join(pieces)
+    got = bytearray()
+    reader = threading.Thread(target=lambda: got.extend(_read_all(read_end)))
+    reader.start()
+    write_all(write_end, pieces)
+    os.close(write_end)
+    reader.join(TIMEOUT)
+    assert bytes(got) == expected
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as stream:
+        return stream.read()
 
 
 def test_writer_drops_after_the_stream_breaks_and_reports_it() -> None:
