@@ -46,7 +46,7 @@ class LineChecker:
 
     def __call__(self, line: bytes) -> bool:
         try:
-            # The document goes at once: the parser can only be reused once it is gone.
+            # Dropped on return: the parser can only be reused once its document is gone.
             document = self._parser.parse(line)
         except (ValueError, RuntimeError):  # simdjson's errors, UnicodeDecodeError included
             return False

@@ -8,6 +8,7 @@ import copy
 import json
 import pickle
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -235,3 +236,15 @@ def test_a_log_frame_carries_its_encoding() -> None:
     assert frame["type"] == "log"
     assert isinstance(frame, EncodedFrame)
     assert frame.line == exact(frame)
+
+
+def test_the_timestamp_is_the_protocol_s_utc_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import frames
+
+    for ns in (1_764_400_000_123_456_789, 1_764_400_000_999_999_999, 1_764_400_001_000_000_000):
+        monkeypatch.setattr(frames.time, "time_ns", lambda ns=ns: ns)
+        text, data = frames.stamp()
+        expected = datetime.fromtimestamp(ns // 1_000_000 / 1000, UTC)
+        assert text == expected.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert data == text.encode()
+        assert frames.stamp()[0] is text  # the same millisecond: formatted once
