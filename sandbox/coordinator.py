@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -240,8 +240,12 @@ class Coordinator:
         cancel: threading.Event | None = None,
     ) -> Iterator[Frame]:
         """One run's frames. A request that failed to parse is passed as its error."""
-        for batch in self.run_batches(request, run_id=run_id, cancel=cancel):
-            yield from batch
+        batches = self.run_batches(request, run_id=run_id, cancel=cancel)
+        try:
+            for batch in batches:
+                yield from batch
+        finally:
+            batches.close()  # a caller that stops early still gets the container removed, now
 
     def run_batches(
         self,
@@ -249,7 +253,7 @@ class Coordinator:
         *,
         run_id: str | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[list[Frame]]:
+    ) -> Generator[list[Frame], None, None]:
         """``run``'s frames, in the groups they become ready in: all the frames of one read of
         the container's output come together, so a caller can pass them on with one write
         instead of a write (and a wake-up of its reader) per line."""

@@ -75,6 +75,18 @@ def test_container_removed_after_every_run(run: Run, runtime: FakeRuntime) -> No
     assert runtime.live == {}
 
 
+def test_a_caller_that_stops_reading_early_still_gets_the_container_removed(
+    coordinator: Coordinator, runtime: FakeRuntime
+) -> None:
+    lines = b"".join(b'{"type":"data","payload":%d}\n' % i for i in range(3))
+    runtime.scripts.append(FakeContainer(output=[("stdout", lines), ("stdout", lines)]))
+    frames = coordinator.run(Request(tool="echo", args={"case": "x"}), run_id="run1")
+    assert [next(frames)["type"] for _ in range(3)] == ["accepted", "started", "data"]
+    frames.close()  # mid-batch, container running
+    assert runtime.calls[-1] == ("remove", "fake-0")
+    assert runtime.live == {}
+
+
 def test_nonzero_exit_is_tool_error_with_an_error_frame(run: Run) -> None:
     frames = run(FakeContainer(exit_code=3))
     assert frames[-2]["error"]["kind"] == "ToolError"
