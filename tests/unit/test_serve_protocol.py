@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import queue
+import select
 import shutil
 import threading
 import time
@@ -558,6 +559,38 @@ def test_gathered_writes_keep_every_byte_in_order_when_the_kernel_splits_them() 
 def _read_all(fd: int) -> bytes:
     with os.fdopen(fd, "rb") as stream:
         return stream.read()
+
+
+def test_a_producer_writes_itself_into_a_pipe_with_room() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb", buffering=0) as out, os.fdopen(read_end, "rb") as inp:
+        writer = LineWriter(out)  # its thread never started: nothing could write but the caller
+        writer.put_many([b"one\n", memoryview(b"two\n")])
+        assert select.select([inp], [], [], 1)[0], "nothing written"
+        assert inp.read1(100) == b"one\ntwo\n"
+
+
+def test_a_producer_never_waits_on_a_full_pipe_and_order_holds() -> None:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    with os.fdopen(write_end, "wb", buffering=0) as out, os.fdopen(read_end, "rb") as inp:
+        writer = LineWriter(out)
+        writer.start()
+        lines = [b"%05d" % i + b"x" * 1000 + b"\n" for i in range(40)]  # ten times the pipe
+        done = threading.Event()
+
+        def produce() -> None:
+            for line in lines:
+                writer.put_many([line])
+            done.set()
+
+        threading.Thread(target=produce, daemon=True).start()
+        assert done.wait(TIMEOUT)  # nobody reads yet: it all waits in the writer's buffer
+        got = b""
+        while len(got) < sum(map(len, lines)):
+            got += inp.read1(65536)
+        assert got == b"".join(lines)
+        writer.close(TIMEOUT)
 
 
 def test_writer_drops_after_the_stream_breaks_and_reports_it() -> None:
