@@ -38,6 +38,9 @@ class Job:
     accepted_at: float | None = None
     tool: str | None = None
     container_up: bool = False
+    # Its answer is on its way: from now on the run is finished for ``cancel``, though its
+    # thread has yet to give up its slot.
+    answered: bool = False
 
 
 def percentile(samples: Iterable[float], q: float) -> float | None:

@@ -325,6 +325,8 @@ class Server:
         run_id = _params(CancelParams, message).run_id
         with self._lock:
             running = self._running.get(run_id)
+            if running is not None and running.answered:
+                running = None
             queued = next((job for job in self._queued if job.run_id == run_id), None)
             if queued is not None:
                 self._queued.remove(queued)
@@ -426,6 +428,11 @@ class Server:
             if last is None:
                 error = InfrastructureError("internal error: the run ended without an exit frame")
                 last = self._emit(job, [refused_frames(error, job.run_id)])
+            with self._lock:
+                # Before the answer leaves: a client that has it may cancel at once, and must
+                # hear that the run is no longer running (the answer may be written right here,
+                # ahead of the slot's release).
+                job.answered = True
             self._respond(job.rpc_id, last)
         finally:
             self._release(job)

@@ -469,6 +469,27 @@ def test_cancel_queued_run_answers_it_without_running_it(backend: FakeBackend) -
         client.close()
 
 
+def test_a_run_answered_is_finished_for_cancel_before_its_slot_is_released(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = Server._release
+
+    def slow_release(self: Server, job: Any) -> None:
+        time.sleep(0.3)  # the answer is out; the slot is not given up yet
+        release(self, job)
+
+    monkeypatch.setattr(Server, "_release", slow_release)
+    client = Client(backend)
+    try:
+        client.call("run", run_params(), id_=1)
+        run_id = client.next()["params"]["run_id"]
+        client.until_response(1)
+        client.call("cancel", {"run_id": run_id}, id_="c")
+        assert client.until_response("c")[1]["error"]["code"] == UNKNOWN_RUN
+    finally:
+        client.close()
+
+
 def test_cancel_of_an_unknown_or_finished_run_is_an_error(client: Client) -> None:
     client.call("run", run_params(), id_=1)
     run_id = client.next()["params"]["run_id"]
