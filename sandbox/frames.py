@@ -37,10 +37,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(msg) from None
 
 
-def utc_now() -> str:
-    return stamp()[0]
-
-
 # (millisecond, text, text as bytes) of the last stamp: frames that stream faster than one per
 # millisecond share it instead of formatting a datetime each.
 _last_stamp: tuple[int, str, bytes] = (-1, "", b"")
@@ -211,7 +207,7 @@ class FrameFactory:
 
     def make(self, type_: str, **fields: Any) -> Frame:
         frame: Frame = {"v": PROTOCOL_VERSION, "run_id": self.run_id, "seq": self._seq}
-        frame["ts"] = utc_now()
+        frame["ts"] = stamp()[0]
         frame["type"] = type_
         frame.update(fields)
         self._seq += 1

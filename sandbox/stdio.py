@@ -106,12 +106,7 @@ class LineWriter:
                 self._cond.notify_all()
                 return
             self._writing = True
-        try:
-            self._write(pieces)
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
+        self._write_and_yield(pieces)
 
     def _room_for(self, size: int) -> bool:
         """Whether ``size`` bytes fit in the output pipe now (only one writer at a time, and the
@@ -162,12 +157,16 @@ class LineWriter:
                 self._bytes -= size
                 self._writing = True
                 self._cond.notify_all()
-            try:
-                self._write(pieces)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
+            self._write_and_yield(pieces)
+
+    def _write_and_yield(self, pieces: list[Piece]) -> None:
+        """Write a batch taken with ``_writing`` set, then let the next writer go."""
+        try:
+            self._write(pieces)
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
     def _write(self, pieces: list[Piece]) -> None:
         try:
