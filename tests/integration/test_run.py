@@ -386,3 +386,21 @@ def test_reap_removes_containers_of_a_killed_coordinator_only(
     survivor.send_signal(signal.SIGTERM)
     survivor.communicate(timeout=30)
     assert containers_for_run(docker_client, survivor_run) == []
+
+
+def test_a_run_removes_containers_of_a_killed_coordinator_beside_its_own(
+    testkit_policies: PolicyDir, docker_client: Any
+) -> None:
+    victim = start_sleeper(testkit_policies)
+    assert victim.stdout is not None
+    victim_run = json.loads(victim.stdout.readline())["run_id"]
+    victim.stdout.readline()
+    victim.kill()
+    victim.communicate(timeout=30)
+    assert len(containers_for_run(docker_client, victim_run)) == 1
+
+    result = run_cli(["run", "testkit"], policies=testkit_policies.path)
+
+    assert_exit(result, "ok", 0)
+    assert containers_for_run(docker_client, victim_run) == []
+    assert containers_for_run(docker_client, result.frames[-1]["run_id"]) == []
