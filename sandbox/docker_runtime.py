@@ -9,6 +9,7 @@ is an error, never a pull, and a non-zero exit is data, not an exception (the SD
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -228,20 +229,16 @@ class Demuxer:
         return out
 
 
-_batch_bytes: int | None = None
-
-
+@functools.cache
 def batch_bytes() -> int:
-    """SO_RCVLOWAT for a bulk stream: well under what the engine's end of the socket can hold
-    (a quarter of the default send buffer), or a read would wait BATCH_WAIT every time."""
-    global _batch_bytes  # noqa: PLW0603 - read once per process
-    if _batch_bytes is None:
-        try:
-            wmem = int(_WMEM_DEFAULT.read_text())
-        except (OSError, ValueError):
-            wmem = 0  # unknown: no batching
-        _batch_bytes = min(_BATCH_MAX_BYTES, wmem // 4)
-    return _batch_bytes
+    """SO_RCVLOWAT for a bulk stream (read once per process): well under what the engine's end
+    of the socket can hold (a quarter of the default send buffer), or a read would wait
+    BATCH_WAIT every time."""
+    try:
+        wmem = int(_WMEM_DEFAULT.read_text())
+    except (OSError, ValueError):
+        wmem = 0  # unknown: no batching
+    return min(_BATCH_MAX_BYTES, wmem // 4)
 
 
 def _joined(pieces: list[bytes | memoryview]) -> bytes:

@@ -141,8 +141,16 @@ def test_no_batching_where_the_send_buffer_size_is_unknown(
     monkeypatch: pytest.MonkeyPatch, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     monkeypatch.setattr(docker_runtime, "_WMEM_DEFAULT", docker_runtime.Path("/nonexistent"))
-    monkeypatch.setattr(docker_runtime, "_batch_bytes", None)
-    assert batch_bytes() == 0
+    batch_bytes.cache_clear()
+    try:
+        assert batch_bytes() == 0
+        lowats = _lowats_while_reading_a_bulk_stream(pair)
+    finally:
+        batch_bytes.cache_clear()
+    assert set(lowats) == {1}
+
+
+def _lowats_while_reading_a_bulk_stream(pair: tuple[socket.socket, socket.socket]) -> list[int]:
     ours, engine = pair
     engine.sendall(mux(1, b"z" * (BULK_READ_BYTES * 2)))
     engine.shutdown(socket.SHUT_WR)
@@ -152,7 +160,7 @@ def test_no_batching_where_the_send_buffer_size_is_unknown(
         lambda _: lowats.append(ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)),
     )
     assert out["stdout"] == b"z" * (BULK_READ_BYTES * 2)
-    assert set(lowats) == {1}
+    return lowats
 
 
 def test_the_frames_of_one_read_come_out_as_one_piece_per_stream_run() -> None:
