@@ -166,7 +166,11 @@ class LineWriter:
         finally:
             with self._cond:
                 self._writing = False
-                self._cond.notify_all()
+                # Only the writer thread waits for the end of a write, and only when lines
+                # wait or the writer closes; waking it for nothing cost serve a context switch
+                # and a hand-over of the interpreter lock per read of a stream.
+                if self._lines or self._closing:
+                    self._cond.notify_all()
 
     def _write(self, pieces: list[Piece]) -> None:
         try:

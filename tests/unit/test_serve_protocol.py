@@ -591,6 +591,29 @@ def test_a_producer_writes_itself_into_a_pipe_with_room() -> None:
         assert inp.read1(100) == b"one\ntwo\n"
 
 
+def _voluntary_switches(thread: threading.Thread) -> int:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_a_producer_writing_itself_does_not_wake_the_writer_thread() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb", buffering=0) as out, os.fdopen(read_end, "rb") as inp:
+        writer = LineWriter(out)
+        writer.start()
+        thread = writer._thread  # noqa: SLF001 - its wake-ups are what this test counts
+        time.sleep(0.05)  # let it reach its wait
+        before = _voluntary_switches(thread)
+        for i in range(200):
+            writer.put_many([b"line %d\n" % i])
+            inp.read1(100)  # the pipe keeps room: every batch is the producer's own write
+        woken = _voluntary_switches(thread) - before
+        writer.close(TIMEOUT)
+    # A wake-up per batch (it had nothing to do) cost serve a context switch and a hand-over
+    # of the interpreter lock per read of a stream.
+    assert woken < 20
+
+
 def test_a_producer_never_waits_on_a_full_pipe_and_order_holds() -> None:
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
