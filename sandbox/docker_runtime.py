@@ -197,7 +197,8 @@ class Demuxer:
     def feed(self, data: bytes) -> list[tuple[StreamName, bytes]]:
         """The payload bytes of one read: one piece per run of frames of the same stream (the
         engine frames its output in pieces of ≤32 KiB; joined, a read's bytes go downstream
-        in one step, and a line cut only by the framing comes out whole)."""
+        in one step, and a line cut only by the framing comes out whole). One copy at most:
+        ``join`` hands back a read that is one frame's payload as it is."""
         if self._head:
             data = self._head + data
             self._head = b""
@@ -214,7 +215,7 @@ class Demuxer:
                 pos += 8
                 named = _STREAMS.get(kind, "stderr")
                 if named != stream and pieces:
-                    out.append((stream, _joined(pieces)))
+                    out.append((stream, b"".join(pieces)))
                     pieces = []
                 stream = named
                 self._need = size
@@ -224,7 +225,7 @@ class Demuxer:
             pos += take
             self._need -= take
         if pieces:
-            out.append((stream, _joined(pieces)))
+            out.append((stream, b"".join(pieces)))
         self._stream = stream
         return out
 
@@ -239,14 +240,6 @@ def batch_bytes() -> int:
     except (OSError, ValueError):
         wmem = 0  # unknown: no batching
     return min(_BATCH_MAX_BYTES, wmem // 4)
-
-
-def _joined(pieces: list[bytes | memoryview]) -> bytes:
-    """One copy at most: a whole read that is one frame's payload is passed on as it is."""
-    if len(pieces) == 1:
-        piece = pieces[0]
-        return piece if isinstance(piece, bytes) else piece.tobytes()
-    return b"".join(pieces)
 
 
 class DockerAttachment:

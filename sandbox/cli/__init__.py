@@ -124,19 +124,12 @@ def _inputs_value(pairs: Iterable[str]) -> dict[str, str]:
     return inputs
 
 
-def write_frames(frames: Iterable[Frame], out: BinaryIO) -> Frame:
-    """Write each frame as one flushed line; return the last (the exit frame)."""
-    return write_batches(([frame] for frame in frames), out)
-
-
 def write_batches(batches: Iterable[list[Frame]], out: BinaryIO) -> Frame:
     """Write each batch of frames, one line each, with one flushed write; return the last
     frame (the exit frame)."""
     last: Frame = {}
     for batch in batches:
-        out.write(
-            b"".join([encode(frame) for frame in batch]) if len(batch) > 1 else encode(batch[0])
-        )
+        out.write(b"".join([encode(frame) for frame in batch]))  # one line: itself, no copy
         out.flush()
         last = batch[-1]
     return last
@@ -325,7 +318,7 @@ def _usage_exit(argv: Sequence[str], exc: SandboxError) -> int:
     if "run" in argv:
         from ..coordinator import refused_frames
 
-        write_frames(refused_frames(exc), sys.stdout.buffer)
+        write_batches([refused_frames(exc)], sys.stdout.buffer)
     return exc.exit_code
 
 
