@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, NoReturn
@@ -157,19 +157,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     coordinator = Coordinator(
         runtime=DockerRuntime(), policy_dir=policy_dir(args), audit=audit_log(args)
     )
-    reaper = None
-    if not isinstance(request, SandboxError):
-        # Leftovers of dead coordinators are removed beside the run, not before it: the run
-        # never needs them gone (the reaper spares live owners, this process included), and
-        # listing them cost ~10 ms before the first engine call.
-        reaper = threading.Thread(target=_reap_quietly, args=(coordinator,), name="reap")
-        reaper.start()
     collect_garbage_again()
     widen_pipe(sys.stdout.buffer)
-    last = write_batches(coordinator.run_batches(request, cancel=cancel), sys.stdout.buffer)
-    if reaper is not None:
-        reaper.join()
+    batches = coordinator.run_batches(request, cancel=cancel)
+    last = write_batches(_reaping_once_started(batches, coordinator), sys.stdout.buffer)
     return EXIT_CODES.get(last.get("status", "infrastructure_error"), 6)
+
+
+def _reaping_once_started(
+    batches: Iterable[list[Frame]], coordinator: Any
+) -> Iterator[list[Frame]]:
+    """The run's batches; once its container has started, leftovers of dead coordinators are
+    removed in a thread beside the run, joined once the last batch is written.
+
+    Not before the run, nor from its start: the run never needs them gone (the reaper spares
+    live owners, this process included), and until the container runs this process is on the
+    critical path (imports, validation, create, start), where a second thread's engine calls
+    and psutil reads contend for the interpreter lock. Once the container has started, the run
+    mostly waits for its first output (~50 ms)."""
+    reaper: threading.Thread | None = None
+    try:
+        for batch in batches:
+            yield batch
+            if reaper is None and any(frame["type"] == "started" for frame in batch):
+                reaper = threading.Thread(target=_reap_quietly, args=(coordinator,), name="reap")
+                reaper.start()
+    finally:
+        if reaper is not None:
+            reaper.join()
 
 
 def collect_garbage_again() -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..conftest import ROOT
+
+if TYPE_CHECKING:
+    from sandbox.frames import Frame
 
 # Each of these costs a one-shot `sandbox run` tens of milliseconds to import, and the run path
 # has no use for them unless something goes wrong (docs/performance.md).
@@ -83,3 +88,51 @@ def test_the_collector_starts_off_and_comes_back_on_with_start_up_frozen() -> No
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
     assert out == "[True] True"  # on again when the frames flow, start-up's objects frozen
+
+
+class RecordingCoordinator:
+    """Stands in for the coordinator's ``reap``: records when it ran, relative to the batches."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def reap(self) -> list[str]:
+        self.events.append("reaped")
+        return []
+
+
+def _frames_of(events: list[str], types: list[str]) -> Iterator[list[Frame]]:
+    from sandbox.frames import FrameFactory
+
+    factory = FrameFactory("r")
+    for type_ in types:
+        events.append(f"made {type_}")
+        yield [factory.make(type_)]
+
+
+def test_sandbox_run_reaps_only_once_its_container_has_started_and_before_it_ends() -> None:
+    """Until the container runs, the run is on its critical path (imports, validation, create,
+    start); a reaper thread then would contend with it for the interpreter lock."""
+    from sandbox.cli import _reaping_once_started
+
+    events: list[str] = []
+    batches = _frames_of(events, ["accepted", "started", "log", "exit"])
+    seen = []
+    for batch in _reaping_once_started(batches, RecordingCoordinator(events)):
+        seen.append(batch[0]["type"])
+        events.append(f"wrote {batch[0]['type']}")
+    assert seen == ["accepted", "started", "log", "exit"]
+    assert events.index("reaped") > events.index("wrote started")
+    assert events.count("reaped") == 1  # and, joined, done by the time the batches end
+
+
+def test_sandbox_run_does_not_reap_for_a_run_that_started_no_container() -> None:
+    from sandbox.cli import _reaping_once_started
+
+    events: list[str] = []
+    batches = _frames_of(events, ["error", "exit"])
+    assert [b[0]["type"] for b in _reaping_once_started(batches, RecordingCoordinator(events))] == [
+        "error",
+        "exit",
+    ]
+    assert "reaped" not in events
