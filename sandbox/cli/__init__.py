@@ -17,13 +17,16 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from .. import __version__
 from ..errors import EXIT_CODES, InvalidRequest, SandboxError
 from ..frames import Frame, encode
 from ..log import level_number, logger
 from ..request import Request, loads_strict, parse_request, request_from_data
+
+if TYPE_CHECKING:
+    from ..coordinator import Coordinator  # imported by the commands that use it, not here
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -165,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _reaping_once_started(
-    batches: Iterable[list[Frame]], coordinator: Any
+    batches: Iterable[list[Frame]], coordinator: Coordinator
 ) -> Iterator[list[Frame]]:
     """The run's batches; once its container has started, leftovers of dead coordinators are
     removed in a thread beside the run, joined once the last batch is written.
@@ -209,7 +212,7 @@ def widen_pipe(out: BinaryIO) -> None:
         return  # not a pipe (a file, a terminal), or a host without the call: nothing to gain
 
 
-def _reap_quietly(coordinator: Any) -> None:
+def _reap_quietly(coordinator: Coordinator) -> None:
     try:
         removed = coordinator.reap()
     except SandboxError as exc:
