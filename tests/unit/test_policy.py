@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,61 @@ def test_hostile_or_broken_yaml_is_refused(text: str, needle: str) -> None:
         parse(text)
 
 
+NESTED_TOO_DEEP = [
+    "a: " + "[" * 50_000,
+    "a:\n" + "- " * 1500 + "1\n",
+    "a: " + "{b: " * 1500 + "1" + "}" * 1500,
+]
+
+
+@pytest.mark.parametrize("text", NESTED_TOO_DEEP, ids=["flow-seq", "block-seq", "flow-map"])
+def test_yaml_nested_too_deeply_is_a_policy_error_not_a_crash(text: str) -> None:
+    with pytest.raises(PolicyFileError, match="nest"):
+        parse(text)
+
+
+def test_an_alias_of_a_scalar_is_refused_too() -> None:
+    with pytest.raises(PolicyFileError, match="aliases") as err:
+        parse(dump().replace("tool: echo", "tool: &t echo\nx: *t"))
+    assert err.value.line == dump().splitlines().index("tool: echo") + 1
+
+
+def test_pyyaml_without_libyaml_parses_and_refuses_alike() -> None:
+    """The same verdicts from PyYAML's pure-Python parser (a host whose PyYAML lacks libyaml)."""
+    script = """
+import json, sys, yaml
+del yaml.CSafeLoader
+from pathlib import Path
+from sandbox.errors import PolicyFileError
+from sandbox.policy import parse_policy, _PolicyLoader
+assert _PolicyLoader.__mro__[1] is yaml.SafeLoader
+valid, *bad = json.load(sys.stdin)
+parse_policy(valid.encode(), Path("/p/echo.yaml"))
+for text in bad:
+    try:
+        parse_policy(text.encode(), Path("/p/echo.yaml"))
+    except PolicyFileError as exc:
+        print(exc)
+    else:
+        sys.exit("accepted: " + text[:40])
+"""
+    texts = [dump(), *NESTED_TOO_DEEP, "a: &x [1]\nb: *x\n", "a: 1\na: 1\n"]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    verdicts = done.stdout.splitlines()
+    assert len(verdicts) == 5
+    assert all("nest" in line for line in verdicts[:3])
+    assert "aliases" in verdicts[3]
+    assert "duplicate key" in verdicts[4]
+
+
 def test_huge_file_is_refused_before_parsing() -> None:
     with pytest.raises(PolicyFileError, match="larger than"):
         parse("a: " + "x" * 300_000)
@@ -107,6 +165,74 @@ def test_args_failing_the_schema_are_invalid_and_name_the_path(policy_dir: Path)
         authorize(loaded(policy_dir), Request(tool="echo", args={"case": 5}))
     with pytest.raises(InvalidRequest, match="Additional properties"):
         authorize(loaded(policy_dir), Request(tool="echo", args={"x": 1}))
+
+
+def schema_with(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def authorize_args(schema: dict[str, Any], args: dict[str, Any]) -> None:
+    authorize(parse(dump(args_schema=schema)), Request(tool="echo", args=args))
+
+
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "nope"}}}, "properties/a/type"),
+        ({"type": "object", "properties": {"a": {"maxLength": -1}}}, "properties/a/maxLength"),
+        ({"type": "object", "properties": {"a": {"pattern": "("}}}, "regex"),
+        ({"type": "object", "$ref": "#/$defs/missing"}, "missing"),
+        ({"type": "object", "properties": {"a": {"default": "2020-01-01"}}} | {"x": b"y"}, "bytes"),
+    ],
+)
+def test_an_invalid_args_schema_names_where_it_is_wrong(
+    schema: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(PolicyFileError, match="not a valid JSON Schema") as err:
+        parse_policy_data(schema)
+    assert err.value.key == "args_schema"
+    assert needle in str(err.value)
+
+
+def parse_policy_data(schema: dict[str, Any]) -> Any:
+    """Through YAML, so a value JSON cannot hold (bytes become !!binary) reaches the check."""
+    return parse(yaml.dump(policy_data(args_schema=schema), sort_keys=False))
+
+
+def test_a_ref_outside_the_schema_is_refused_without_fetching_it() -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://127.0.0.1:9/a.json"}}}
+    with pytest.raises(PolicyFileError, match="[Rr]etriev"):
+        parse(dump(args_schema=schema))
+
+
+def test_a_pattern_anchored_at_the_end_refuses_a_trailing_newline() -> None:
+    # ECMA-262's `$`, as JSON Schema specifies; Python's `re` would let "abc\n" through.
+    schema = schema_with(case={"type": "string", "maxLength": 8, "pattern": "^[a-z]+$"})
+    authorize_args(schema, {"case": "abc"})
+    with pytest.raises(InvalidRequest, match="does not match"):
+        authorize_args(schema, {"case": "abc\n"})
+
+
+def test_a_boolean_is_not_an_integer_and_formats_are_checked() -> None:
+    schema = schema_with(n={"type": "integer"}, day={"type": "string", "format": "date"})
+    with pytest.raises(InvalidRequest, match="at n: true is not of type"):
+        authorize_args(schema, {"n": True})
+    with pytest.raises(InvalidRequest, match="at day:"):
+        authorize_args(schema, {"day": "2026-13-01"})
+    authorize_args(schema, {"n": 3, "day": "2026-11-29"})
+
+
+def test_the_shallowest_args_error_is_the_one_reported() -> None:
+    schema = schema_with(deep={"type": "object", "properties": {"n": {"type": "integer"}}})
+    with pytest.raises(InvalidRequest, match=r"at \(root\): Additional properties") as err:
+        authorize_args(schema, {"deep": {"n": "x"}, "bogus": 1})
+    assert err.value.details["path"] == "(root)"
+
+
+def test_args_json_cannot_hold_are_invalid_not_an_internal_error() -> None:
+    # Only a library caller can build such a request; the CLI and serve parse JSON.
+    with pytest.raises(InvalidRequest, match="not JSON"):
+        authorize_args(schema_with(case={"type": "string"}), {"case": b"bytes"})
 
 
 def test_too_many_inputs_are_denied(policy_dir: Path) -> None:
