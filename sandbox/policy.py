@@ -211,6 +211,12 @@ class Policy(_Strict):
         try:
             args_validator(value)
         except jsonschema_rs.ValidationError as exc:
+            if isinstance(exc.kind, jsonschema_rs.ValidationErrorKind.Referencing):
+                msg = (
+                    f"not a valid JSON Schema: {exc.message}; a $ref must point inside the "
+                    "schema, e.g. #/$defs/NAME"
+                )
+                raise ValueError(msg) from exc
             where = "/".join(str(p) for p in exc.instance_path) or "(root)"
             msg = f"not a valid JSON Schema at {where}: {exc.message}"
             raise ValueError(msg) from exc
