@@ -9,14 +9,22 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema_rs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InvalidRequest, PolicyDenied, PolicyFileError
 from .request import INPUT_NAME_RE, Request
@@ -207,9 +215,9 @@ class Policy(_Strict):
 
     @field_validator("args_schema")
     @classmethod
-    def _valid_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _valid_schema(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         try:
-            args_validator(value)
+            compiled = args_validator(value)
         except jsonschema_rs.ValidationError as exc:
             if isinstance(exc.kind, jsonschema_rs.ValidationErrorKind.Referencing):
                 msg = (
@@ -226,6 +234,8 @@ class Policy(_Strict):
         if value.get("type") != "object":
             msg = "must describe an object (type: object)"
             raise ValueError(msg)
+        if isinstance(info.context, dict):
+            info.context[_COMPILED_ARGS] = compiled  # checking compiled it: kept, not redone
         return value
 
 
@@ -236,6 +246,8 @@ class LoadedPolicy:
     policy: Policy
     path: Path
     sha256: str
+    # The validator the policy's own check compiled, if it ran (not for the default schema).
+    compiled_args: jsonschema_rs.Validator | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def allowed_roots(self) -> tuple[Path, ...]:
@@ -247,6 +259,8 @@ class LoadedPolicy:
 
     @cached_property
     def args_validator(self) -> jsonschema_rs.Validator:
+        if self.compiled_args is not None:
+            return self.compiled_args
         return args_validator(self.policy.args_schema)
 
 
@@ -260,13 +274,18 @@ def args_validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
     return jsonschema_rs.Draft202012Validator(schema, validate_formats=True, offline=True)
 
 
+# Where ``Policy``'s schema check leaves the validator it compiled, in a validation context.
+_COMPILED_ARGS = "args_validator"
+
+
 # --- parsing (pure) ---------------------------------------------------------------------------
 
 
 # libyaml's parser where PyYAML has it: a policy parses in ≈0.3 ms instead of ≈4 (every one-shot
 # run parses one), and libyaml refuses nesting deeper than 1,000 levels with a marked error.
+# (PyYAML's own parser recurses and runs out of stack first: ``load_yaml`` turns that into a
+# policy error too.)
 _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-MAX_YAML_DEPTH = 1000
 
 
 class _PolicyLoader(_SafeLoader):  # type: ignore[misc]
@@ -288,25 +307,20 @@ class _PolicyLoader(_SafeLoader):  # type: ignore[misc]
 def _refuse_aliases(root: yaml.Node) -> None:
     """Refuse a node tree in which an alias occurs, before anything is constructed from it (no
     billion laughs). An alias is the node its anchor names, reached a second time: found by
-    identity, on a walk that stops at the first one. The walk is also where the depth is
-    capped, for PyYAML without libyaml."""
+    identity, on a walk that stops at the first one."""
     seen: set[int] = set()
-    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    stack: list[yaml.Node] = [root]
     while stack:
-        node, depth = stack.pop()
+        node = stack.pop()
         if id(node) in seen:
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases are not allowed in policies", node.start_mark
             )
         seen.add(id(node))
-        if depth > MAX_YAML_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", node.start_mark
-            )
         if isinstance(node, yaml.MappingNode):
-            stack.extend((part, depth + 1) for pair in node.value for part in pair)
+            stack.extend(part for pair in node.value for part in pair)
         elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, depth + 1) for item in node.value)
+            stack.extend(node.value)
 
 
 def _line_of(node: Any, loc: tuple[int | str, ...]) -> tuple[int | None, str]:
@@ -348,7 +362,7 @@ def load_yaml(text: bytes, path: Path) -> tuple[Any, Any]:
             _refuse_aliases(node)
         data = loader.construct_document(node) if node is not None else None
     except RecursionError as exc:  # PyYAML's own composer, without libyaml
-        msg = f"nested deeper than this parser can follow (at most {MAX_YAML_DEPTH} levels)"
+        msg = "nested deeper than this parser can follow (libyaml allows 1,000 levels)"
         raise PolicyFileError(msg, path=where) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -368,8 +382,9 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
     if not isinstance(data, dict):
         msg = "a policy must be a YAML mapping"
         raise PolicyFileError(msg, path=where, line=1)
+    context: dict[str, Any] = {}
     try:
-        policy = Policy.model_validate(data)
+        policy = Policy.model_validate(data, context=context)
     except ValidationError as exc:
         first = exc.errors()[0]
         line, key = _line_of(node, tuple(first["loc"]))
@@ -384,7 +399,12 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
             line=line,
             key="tool",
         )
-    return LoadedPolicy(policy=policy, path=path, sha256=hashlib.sha256(text).hexdigest())
+    return LoadedPolicy(
+        policy=policy,
+        path=path,
+        sha256=hashlib.sha256(text).hexdigest(),
+        compiled_args=context.get(_COMPILED_ARGS),
+    )
 
 
 # --- reading (I/O) ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sandbox import policy as policy_module
 from sandbox.errors import InvalidRequest, PolicyDenied, PolicyFileError
 from sandbox.policy import authorize, find_policy, parse_policy, read_policy
 from sandbox.request import Request, parse_request
@@ -197,6 +198,27 @@ def test_an_invalid_args_schema_names_where_it_is_wrong(
 def parse_policy_data(schema: dict[str, Any]) -> Any:
     """Through YAML, so a value JSON cannot hold (bytes become !!binary) reaches the check."""
     return parse(yaml.dump(policy_data(args_schema=schema), sort_keys=False))
+
+
+def test_a_policy_s_args_schema_is_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check at parse compiles it; authorizing reuses that, never a second compile."""
+    compiles: list[dict[str, Any]] = []
+    real = policy_module.args_validator
+
+    def counting(schema: dict[str, Any]) -> Any:
+        compiles.append(schema)
+        return real(schema)
+
+    monkeypatch.setattr(policy_module, "args_validator", counting)
+    loaded = parse(dump())
+    authorize(loaded, Request(tool="echo", args={"case": "x"}))
+    authorize(loaded, Request(tool="echo", args={"case": "y"}))
+    assert len(compiles) == 1
+    data = policy_data()
+    del data["args_schema"]
+    defaulted = parse(yaml.safe_dump(data))
+    authorize(defaulted, Request(tool="echo"))  # the default schema: compiled on first use
+    assert len(compiles) == 2
 
 
 def test_a_ref_outside_the_schema_is_refused_without_fetching_it() -> None:
