@@ -222,15 +222,15 @@ class FrameFactory:
         seq = self._seq
         self._seq = seq + 1
         frame = SplicedFrame(v=PROTOCOL_VERSION, run_id=self.run_id, seq=seq, ts=now[0], type=type_)
-        # One formatting pass builds the whole line: %b takes any buffer, so the script's
-        # bytes are copied once, straight into place.
-        frame.line = (
-            b'%b,"seq":%d,"ts":"%b",%b\n'
-            % (  # type: ignore[str-format]
+        # One join builds the whole line: the script's bytes are copied once, straight into
+        # place. (A `%b` format of the same pieces costs 5x as much on large lines: the bytes
+        # formatter grows its buffer as it goes and copies it again at the end.)
+        frame.line = b"".join(
+            (
                 self._line_start,
-                seq,
-                now[1],
+                b',"seq":%d,"ts":"%b",' % (seq, now[1]),
                 memoryview(script_line)[1:],
+                b"\n",
             )
         )
         return frame

@@ -3,9 +3,12 @@ in order whatever the pacing. A real socket pair stands in for the engine's end 
 
 from __future__ import annotations
 
+import fcntl
 import random
 import socket
 import struct
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -135,6 +138,35 @@ def test_every_byte_arrives_in_order_whatever_the_pacing(
     writer.join()
     assert out["stdout"] == b"".join(p for k, p in frames if k == 1)
     assert out["stderr"] == b"".join(p for k, p in frames if k == 2)
+
+
+ENGINE_WRITE = 32 * 1024  # the engine forwards a stream in pieces of at most this
+
+
+def _queued_until_the_sender_blocks(pair: tuple[socket.socket, socket.socket]) -> int:
+    """How many stream bytes the engine's end queues, in its largest writes, before a write
+    would block: what a read waiting for a batch can count on."""
+    ours, engine = pair
+    engine.setblocking(False)
+    piece = mux(1, b"q" * ENGINE_WRITE)
+    try:
+        while True:
+            engine.send(piece)
+    except BlockingIOError:
+        pass
+    queued = fcntl.ioctl(ours.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(queued, sys.byteorder)
+
+
+def test_a_batch_is_about_half_of_what_the_engine_can_queue(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    capacity = _queued_until_the_sender_blocks(pair)
+    # Room for two more of the engine's writes while a read waits for its batch, so the
+    # engine never blocks on a reader that is waiting...
+    assert batch_bytes() + 2 * ENGINE_WRITE <= capacity
+    # ...and a batch large enough to save most wake-ups and trips through the frame path.
+    assert batch_bytes() >= capacity // 2 - ENGINE_WRITE
 
 
 def test_no_batching_where_the_send_buffer_size_is_unknown(
