@@ -50,6 +50,7 @@ _HEADER = struct.Struct(">BxxxL")
 BULK_READ_BYTES = 16 * 1024
 BATCH_WAIT_US = 2000
 _BATCH_MAX_BYTES = 128 * 1024
+ENGINE_WRITE_BYTES = 32 * 1024  # the most the engine forwards of a stream in one write
 _WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
 
 
@@ -234,13 +235,14 @@ class Demuxer:
 def batch_bytes() -> int:
     """SO_RCVLOWAT for a bulk stream (read once per process): half of what the engine's end of
     the socket can hold, or a read would wait BATCH_WAIT every time. The engine's end has the
-    default send buffer; in ≤32 KiB writes it holds ≈96 % of it (204,793 of 212,992 bytes
-    measured here), so half leaves the engine room for three more writes while a read waits."""
+    default send buffer; in its writes it holds about that much (204,793 of 212,992 bytes
+    measured here), so half leaves the engine room for three more writes while a read waits,
+    and never less than two where the buffer is small."""
     try:
         wmem = int(_WMEM_DEFAULT.read_text())
     except (OSError, ValueError):
         wmem = 0  # unknown: no batching
-    return min(_BATCH_MAX_BYTES, wmem // 2)
+    return max(0, min(_BATCH_MAX_BYTES, wmem // 2, wmem - 2 * ENGINE_WRITE_BYTES))
 
 
 class DockerAttachment:

@@ -12,11 +12,18 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from sandbox import docker_runtime
-from sandbox.docker_runtime import BULK_READ_BYTES, Demuxer, DockerAttachment, batch_bytes
+from sandbox.docker_runtime import (
+    BULK_READ_BYTES,
+    ENGINE_WRITE_BYTES,
+    Demuxer,
+    DockerAttachment,
+    batch_bytes,
+)
 
 
 def mux(kind: int, data: bytes) -> bytes:
@@ -140,15 +147,12 @@ def test_every_byte_arrives_in_order_whatever_the_pacing(
     assert out["stderr"] == b"".join(p for k, p in frames if k == 2)
 
 
-ENGINE_WRITE = 32 * 1024  # the engine forwards a stream in pieces of at most this
-
-
 def _queued_until_the_sender_blocks(pair: tuple[socket.socket, socket.socket]) -> int:
     """How many stream bytes the engine's end queues, in its largest writes, before a write
     would block: what a read waiting for a batch can count on."""
     ours, engine = pair
     engine.setblocking(False)
-    piece = mux(1, b"q" * ENGINE_WRITE)
+    piece = mux(1, b"q" * ENGINE_WRITE_BYTES)
     try:
         while True:
             engine.send(piece)
@@ -164,9 +168,25 @@ def test_a_batch_is_about_half_of_what_the_engine_can_queue(
     capacity = _queued_until_the_sender_blocks(pair)
     # Room for two more of the engine's writes while a read waits for its batch, so the
     # engine never blocks on a reader that is waiting...
-    assert batch_bytes() + 2 * ENGINE_WRITE <= capacity
+    assert batch_bytes() + 2 * ENGINE_WRITE_BYTES <= capacity
     # ...and a batch large enough to save most wake-ups and trips through the frame path.
-    assert batch_bytes() >= capacity // 2 - ENGINE_WRITE
+    assert batch_bytes() >= capacity // 2 - ENGINE_WRITE_BYTES
+
+
+@pytest.mark.parametrize("wmem", [65_536, 98_304, 212_992, 4_194_304])
+def test_a_small_send_buffer_still_leaves_the_engine_two_writes_of_room(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, wmem: int
+) -> None:
+    setting = tmp_path / "wmem_default"
+    setting.write_text(f"{wmem}\n")
+    monkeypatch.setattr(docker_runtime, "_WMEM_DEFAULT", setting)
+    batch_bytes.cache_clear()
+    try:
+        batch = batch_bytes()
+    finally:
+        batch_bytes.cache_clear()
+    assert batch == 0 or batch + 2 * ENGINE_WRITE_BYTES <= wmem
+    assert 0 <= batch <= min(128 * 1024, wmem // 2)
 
 
 def test_no_batching_where_the_send_buffer_size_is_unknown(
