@@ -46,8 +46,8 @@ _HEADER = struct.Struct(">BxxxL")
 # engine writes a stream in pieces of ≤32 KiB, each a wake-up of this process and a trip
 # through the frame path; batched, a stream costs ≈15 % less CPU here with a quarter of the
 # send buffer, 4–10 % less again with half, and fewer writes (and wake-ups) for whoever reads
-# the frames. A frame waits at most BATCH_WAIT; a
-# stream that stays quiet for BATCH_WAIT goes back to reads that return on any byte.
+# the frames. A frame waits at most BATCH_WAIT; a stream that stays quiet for BATCH_WAIT goes
+# back to reads that return on any byte.
 BULK_READ_BYTES = 16 * 1024
 BATCH_WAIT_US = 2000
 _BATCH_MAX_BYTES = 128 * 1024

@@ -217,7 +217,7 @@ class Policy(_Strict):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         try:
-            compiled = args_validator(value)
+            compiled = compile_args_schema(value)
         except jsonschema_rs.ValidationError as exc:
             if isinstance(exc.kind, jsonschema_rs.ValidationErrorKind.Referencing):
                 msg = (
@@ -246,8 +246,8 @@ class LoadedPolicy:
     policy: Policy
     path: Path
     sha256: str
-    # The validator the policy's own check compiled, if it ran (not for the default schema).
-    compiled_args: jsonschema_rs.Validator | None = field(default=None, repr=False, compare=False)
+    # Compiled once, at parse: every run of the policy checks its args with it.
+    args_validator: jsonschema_rs.Validator = field(repr=False, compare=False)
 
     @cached_property
     def allowed_roots(self) -> tuple[Path, ...]:
@@ -257,14 +257,8 @@ class LoadedPolicy:
             (base / Path(root).expanduser()).resolve() for root in self.policy.inputs.allowed_roots
         )
 
-    @cached_property
-    def args_validator(self) -> jsonschema_rs.Validator:
-        if self.compiled_args is not None:
-            return self.compiled_args
-        return args_validator(self.policy.args_schema)
 
-
-def args_validator(schema: dict[str, Any]) -> jsonschema_rs.Validator:
+def compile_args_schema(schema: dict[str, Any]) -> jsonschema_rs.Validator:
     """The compiled ``args_schema``. Compiling checks it against the 2020-12 meta-schema and
     its patterns as regexes. jsonschema-rs rather than the Python ``jsonschema``: its import
     costs ≈5 ms of a one-shot run's start instead of ≈37 (docs/performance.md), and its
@@ -399,11 +393,11 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
             line=line,
             key="tool",
         )
+    compiled = context.get(_COMPILED_ARGS)  # the schema check compiled it
+    if compiled is None:  # a defaulted schema is not checked
+        compiled = compile_args_schema(policy.args_schema)
     return LoadedPolicy(
-        policy=policy,
-        path=path,
-        sha256=hashlib.sha256(text).hexdigest(),
-        compiled_args=context.get(_COMPILED_ARGS),
+        policy=policy, path=path, sha256=hashlib.sha256(text).hexdigest(), args_validator=compiled
     )
 
 
