@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,16 @@ if TYPE_CHECKING:
 
 # Each of these costs a one-shot `sandbox run` tens of milliseconds to import, and the run path
 # has no use for them unless something goes wrong (docs/performance.md).
-NOT_ON_THE_RUN_PATH = ("docker", "requests", "urllib3", "loguru", "tenacity", "asyncio", "http")
+NOT_ON_THE_RUN_PATH = (
+    "docker",
+    "requests",
+    "urllib3",
+    "loguru",
+    "tenacity",
+    "asyncio",
+    "http",
+    "psutil",
+)
 
 
 def test_the_run_path_imports_neither_the_docker_sdk_nor_loguru_nor_tenacity() -> None:
@@ -29,6 +39,54 @@ def test_the_run_path_imports_neither_the_docker_sdk_nor_loguru_nor_tenacity() -
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def _fresh_python(code: str, **env: str) -> list[str]:
+    """What ``code`` prints, one line per item, in a fresh interpreter set up as ``python -m
+    sandbox`` sets itself up before the CLI's imports."""
+    prelude = "from sandbox.__main__ import without_pydantic_plugins; without_pydantic_plugins();"
+    environ = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**environ, **env},
+    )
+    return out.stdout.splitlines()
+
+
+def test_the_run_path_does_not_import_importlib_metadata_for_pydantics_plugin_scan() -> None:
+    printed = _fresh_python(
+        "import sys, os, sandbox.cli, sandbox.coordinator, sandbox.docker_runtime;"
+        "from sandbox.cli import build_parser; build_parser(extensions=False);"
+        "print('importlib.metadata' in sys.modules); print(os.environ['PYDANTIC_DISABLE_PLUGINS'])"
+    )
+    assert printed == ["False", "__all__"]
+
+
+def test_importlib_metadata_is_the_real_module_for_everyone_after_start_up() -> None:
+    printed = _fresh_python(
+        "import sys, importlib.metadata as m, pydantic.plugin._loader as loader;"
+        "print(m.__file__ is not None and hasattr(m, 'distribution'));"
+        "print(sys.modules['importlib.metadata'] is m);"
+        # The loader's entry_points, called, answers what the real one answers.
+        "names = lambda eps: sorted(e.name for e in eps);"
+        "print(names(loader.entry_points(group='console_scripts')) =="
+        " names(m.entry_points(group='console_scripts')) != [])"
+    )
+    assert printed == ["True", "True", "True"]
+
+
+def test_a_caller_that_disables_only_some_plugins_still_gets_the_plugin_scan() -> None:
+    printed = _fresh_python(
+        "import sys, os, sandbox.policy, pydantic.plugin._loader as loader;"
+        "print(os.environ['PYDANTIC_DISABLE_PLUGINS']);"
+        "print(list(loader.get_plugins()), 'importlib.metadata' in sys.modules)",
+        PYDANTIC_DISABLE_PLUGINS="someone-elses-plugin",
+    )
+    assert printed == ["someone-elses-plugin", "[] True"]
 
 
 def test_sandbox_run_widens_a_stdout_pipe_and_leaves_other_outputs_alone(

@@ -1,0 +1,111 @@
+"""Host facts read from /proc, checked against real processes: a container owner's start time,
+whether an owner still runs, the memory snapshot admission uses, and the caller's name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.hostcheck import (
+    SAME_START_S,
+    current_owner,
+    owner_alive,
+    parent_name,
+    process_start_time,
+    snapshot,
+)
+
+# One clock tick, the resolution of a start time.
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test, killed and reaped after it."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def sleeper(started: list[subprocess.Popen[bytes]], program: str = "sleep") -> int:
+    proc = subprocess.Popen([program, "30"])
+    started.append(proc)
+    return proc.pid
+
+
+def test_start_times_follow_the_order_and_spacing_of_process_starts(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    first = sleeper(spawn)
+    time.sleep(0.3)
+    second = sleeper(spawn)
+    gap = process_start_time(second) - process_start_time(first)
+    assert 0.3 - 2 * TICK_S <= gap < 1.0
+
+
+def test_this_process_as_owner_started_before_now_and_is_alive() -> None:
+    owner = current_owner()
+    assert owner.pid == os.getpid()
+    # Whole seconds of boot time plus ticks: the start time is within a second of the clock.
+    assert owner.start_time < time.time() + 1
+    assert owner_alive(owner.pid, owner.start_time)
+
+
+def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields(
+    spawn: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    odd = tmp_path / "a) b (c"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", odd)
+    plain = sleeper(spawn)
+    named = sleeper(spawn, str(odd))
+    assert Path(f"/proc/{named}/comm").read_text().strip() == "a) b (c"
+    assert 0 <= process_start_time(named) - process_start_time(plain) < 0.5
+
+
+def test_an_owner_is_alive_only_while_the_same_process_runs(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    pid = sleeper(spawn)
+    started = process_start_time(pid)
+    assert owner_alive(pid, started)
+    # The same pid with another start time is a reused pid: a different process.
+    assert not owner_alive(pid, started - 10 * SAME_START_S)
+    proc = spawn.pop()
+    proc.kill()
+    proc.wait()
+    assert not owner_alive(pid, started)
+
+
+def test_a_pid_that_does_not_exist_is_not_alive() -> None:
+    assert not owner_alive(2**22 + 1, 0.0)  # above the kernel's pid_max ceiling
+    with pytest.raises(FileNotFoundError):
+        process_start_time(2**22 + 1)
+
+
+def test_the_snapshot_has_the_hosts_memory_and_cpus() -> None:
+    host = snapshot()
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(meminfo.split("MemTotal:")[1].split()[0])
+    assert host.total_memory_mb == total_kb // 1024
+    assert 0 < host.available_memory_mb <= host.total_memory_mb
+    assert host.cpu_count == os.cpu_count()
+
+
+def test_the_parent_name_is_the_callers_command(tmp_path: Path) -> None:
+    caller = tmp_path / "my-caller"
+    shutil.copy(shutil.which("sh") or "/bin/sh", caller)
+    code = "from sandbox.hostcheck import parent_name; print(parent_name())"
+    # `; true` keeps the shell alive as the parent instead of exec'ing Python in its place.
+    script = f"{sys.executable} -c '{code}'; true"
+    out = subprocess.run([str(caller), "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "my-caller"
+    assert parent_name() == Path(f"/proc/{os.getppid()}/comm").read_text().strip()
