@@ -176,7 +176,7 @@ def _reaping_once_started(
     Not before the run, nor from its start: the run never needs them gone (the reaper spares
     live owners, this process included), and until the container runs this process is on the
     critical path (imports, validation, create, start), where a second thread's engine calls
-    and psutil reads contend for the interpreter lock. Once the container has started, the run
+    and /proc reads contend for the interpreter lock. Once the container has started, the run
     mostly waits for its first output (~50 ms)."""
     reaper: threading.Thread | None = None
     try:
