@@ -9,7 +9,6 @@ The project already runs on Linux only (the engine's socket, /proc/self/mountinf
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import socket
@@ -49,22 +48,18 @@ def owner_alive(pid: int, start_time: float) -> bool:
 
 
 def process_start_time(pid: int) -> float:
-    """When process ``pid`` started, in seconds since the epoch: its start tick (field 22 of
-    /proc/PID/stat) over the clock rate, plus the boot time. Raises OSError if it is gone."""
+    """When process ``pid`` started, in seconds after the host booted: its start tick (field 22
+    of /proc/PID/stat) over the clock rate. Raises OSError if it is gone.
+
+    Not seconds since the epoch, as psutil gives them (the tick plus /proc/stat's ``btime``):
+    the kernel recomputes ``btime`` from the wall clock at every read, so a clock step (NTP)
+    between two processes' reads would give a live owner two start times, and the reaper would
+    take it for dead (psutil issue #2526). Ticks since boot never move."""
     stat = (PROC / str(pid) / "stat").read_bytes()
     # Field 2, the command name, may itself hold spaces and parentheses: count the fields
     # after its closing parenthesis (that is field 3, so field 22 is the 20th).
     after_name = stat[stat.rindex(b")") + 1 :].split()
-    return int(after_name[19]) / os.sysconf("SC_CLK_TCK") + _boot_time()
-
-
-@functools.cache
-def _boot_time() -> int:
-    for line in (PROC / "stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return int(line.split()[1])
-    msg = "/proc/stat has no btime line: cannot tell when this host booted"
-    raise InfrastructureError(msg, fix="run the coordinator on a Linux host with /proc mounted")
+    return int(after_name[19]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)

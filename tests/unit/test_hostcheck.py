@@ -52,11 +52,21 @@ def test_start_times_follow_the_order_and_spacing_of_process_starts(
     assert 0.3 - 2 * TICK_S <= gap < 1.0
 
 
-def test_this_process_as_owner_started_before_now_and_is_alive() -> None:
+def test_a_start_time_is_the_boot_clock_when_the_process_started(
+    spawn: list[subprocess.Popen[bytes]],
+) -> None:
+    # Seconds after boot, never moved by the wall clock: the boot clock before and after the
+    # spawn brackets it, to the tick.
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    pid = sleeper(spawn)
+    after = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert before - TICK_S <= process_start_time(pid) <= after + TICK_S
+
+
+def test_this_process_as_owner_is_alive() -> None:
     owner = current_owner()
     assert owner.pid == os.getpid()
-    # Whole seconds of boot time plus ticks: the start time is within a second of the clock.
-    assert owner.start_time < time.time() + 1
+    assert owner.start_time == process_start_time(os.getpid())
     assert owner_alive(owner.pid, owner.start_time)
 
 
