@@ -42,6 +42,17 @@ def sleeper(started: list[subprocess.Popen[bytes]], program: str = "sleep") -> i
     return proc.pid
 
 
+def comm_once_execd(pid: int, name: str, within_s: float = 5.0) -> str:
+    """The command name of ``pid`` once it shows ``name``: ``Popen`` can return while the
+    child's exec has not yet renamed it (seen under load in CI)."""
+    give_up = time.monotonic() + within_s
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    while comm != name and time.monotonic() < give_up:
+        time.sleep(0.01)
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    return comm
+
+
 def test_start_times_follow_the_order_and_spacing_of_process_starts(
     spawn: list[subprocess.Popen[bytes]],
 ) -> None:
@@ -49,7 +60,7 @@ def test_start_times_follow_the_order_and_spacing_of_process_starts(
     time.sleep(0.3)
     second = sleeper(spawn)
     gap = process_start_time(second) - process_start_time(first)
-    assert 0.3 - 2 * TICK_S <= gap < 1.0
+    assert 0.3 - 2 * TICK_S <= gap < 5.0  # the upper bound only rules out nonsense
 
 
 def test_a_start_time_is_the_boot_clock_when_the_process_started(
@@ -77,8 +88,8 @@ def test_a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields(
     shutil.copy(shutil.which("sleep") or "/bin/sleep", odd)
     plain = sleeper(spawn)
     named = sleeper(spawn, str(odd))
-    assert Path(f"/proc/{named}/comm").read_text().strip() == "a) b (c"
-    assert 0 <= process_start_time(named) - process_start_time(plain) < 0.5
+    assert comm_once_execd(named, "a) b (c") == "a) b (c"
+    assert 0 <= process_start_time(named) - process_start_time(plain) < 5.0
 
 
 def test_an_owner_is_alive_only_while_the_same_process_runs(
