@@ -33,10 +33,18 @@ SAME_START_S = 0.01
 PROC = Path("/proc")
 
 
+PROC_FIX = "run the coordinator on a Linux host with /proc mounted"
+
+
 def current_owner() -> Owner:
     """This process as a container owner: pid plus start time (pids get reused)."""
     pid = os.getpid()
-    return Owner(pid=pid, start_time=process_start_time(pid), host=socket.gethostname())
+    try:
+        start_time = process_start_time(pid)
+    except (OSError, ValueError, IndexError) as exc:
+        msg = f"cannot read this process's start time from /proc/{pid}/stat: {exc}"
+        raise InfrastructureError(msg, fix=PROC_FIX) from exc
+    return Owner(pid=pid, start_time=start_time, host=socket.gethostname())
 
 
 def owner_alive(pid: int, start_time: float) -> bool:
@@ -73,17 +81,25 @@ def snapshot() -> HostSnapshot:
     meminfo = _meminfo_kb()
     # MemAvailable (Linux ≥ 3.14) counts reclaimable caches; MemFree alone is the cautious
     # stand-in where it is missing.
-    available = meminfo.get("MemAvailable", meminfo.get("MemFree", 0))
+    available = meminfo.get("MemAvailable", meminfo.get("MemFree"))
+    if "MemTotal" not in meminfo or available is None:
+        msg = "/proc/meminfo has no MemTotal or MemAvailable/MemFree line: cannot tell the memory"
+        raise InfrastructureError(msg, fix=PROC_FIX)
     return HostSnapshot(
         available_memory_mb=available // 1024,
-        total_memory_mb=meminfo.get("MemTotal", 0) // 1024,
+        total_memory_mb=meminfo["MemTotal"] // 1024,
         cpu_count=os.cpu_count() or 1,
     )
 
 
 def _meminfo_kb() -> dict[str, int]:
+    try:
+        text = (PROC / "meminfo").read_text()
+    except OSError as exc:
+        msg = f"cannot read /proc/meminfo: {exc}"
+        raise InfrastructureError(msg, fix=PROC_FIX) from exc
     sizes: dict[str, int] = {}
-    for line in (PROC / "meminfo").read_text().splitlines():
+    for line in text.splitlines():
         name, _, value = line.partition(":")
         fields = value.split()
         if fields and fields[0].isdigit():

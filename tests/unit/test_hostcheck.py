@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import hostcheck
+from sandbox.errors import InfrastructureError
 from sandbox.hostcheck import (
     SAME_START_S,
     current_owner,
@@ -130,3 +132,39 @@ def test_the_parent_name_is_the_callers_command(tmp_path: Path) -> None:
     out = subprocess.run([str(caller), "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "my-caller"
     assert parent_name() == Path(f"/proc/{os.getppid()}/comm").read_text().strip()
+
+
+@pytest.mark.parametrize(
+    ("meminfo", "expected"),
+    [
+        (None, "cannot read /proc/meminfo"),
+        ("MemFree: 100 kB\n", "no MemTotal or MemAvailable/MemFree line"),
+        ("MemTotal: 100 kB\n", "no MemTotal or MemAvailable/MemFree line"),
+    ],
+)
+def test_a_host_without_readable_memory_facts_is_an_infrastructure_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, meminfo: str | None, expected: str
+) -> None:
+    if meminfo is not None:
+        (tmp_path / "meminfo").write_text(meminfo)
+    monkeypatch.setattr(hostcheck, "PROC", tmp_path)
+    with pytest.raises(InfrastructureError, match=expected) as raised:
+        snapshot()
+    assert raised.value.fix == hostcheck.PROC_FIX
+
+
+def test_memfree_stands_in_where_memavailable_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "meminfo").write_text("MemTotal: 2097152 kB\nMemFree: 1048576 kB\n")
+    monkeypatch.setattr(hostcheck, "PROC", tmp_path)
+    host = snapshot()
+    assert (host.total_memory_mb, host.available_memory_mb) == (2048, 1024)
+
+
+def test_an_owner_without_proc_is_an_infrastructure_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(hostcheck, "PROC", tmp_path)
+    with pytest.raises(InfrastructureError, match="cannot read this process's start time"):
+        current_owner()
