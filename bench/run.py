@@ -396,7 +396,7 @@ def table(results: dict[str, Any]) -> str:
         target = name.endswith("MiB")
         for variant in ("run", "serve"):
             of_medians = s[f"{variant}_mb_s"] / s["floor_mb_s"]
-            ratio = s.get(f"{variant}_ratio", of_medians)
+            ratio = s[f"{variant}_ratio"]
             row(
                 f"stream {name} {variant} (MB/s; ratio: median of the rounds' ratios)",
                 s[f"{variant}_mb_s"],

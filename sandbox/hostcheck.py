@@ -31,9 +31,10 @@ ADMISSION_POLL_S = 0.5
 SAME_START_S = 0.01
 
 PROC = Path("/proc")
-
-
 PROC_FIX = "run the coordinator on a Linux host with /proc mounted"
+# What reading a process's start time raises when the process is gone (OSError) or its stat
+# line does not parse.
+UNREADABLE_STAT = (OSError, ValueError, IndexError)
 
 
 def current_owner() -> Owner:
@@ -41,7 +42,7 @@ def current_owner() -> Owner:
     pid = os.getpid()
     try:
         start_time = process_start_time(pid)
-    except (OSError, ValueError, IndexError) as exc:
+    except UNREADABLE_STAT as exc:
         msg = f"cannot read this process's start time from /proc/{pid}/stat: {exc}"
         raise InfrastructureError(msg, fix=PROC_FIX) from exc
     return Owner(pid=pid, start_time=start_time, host=socket.gethostname())
@@ -51,7 +52,7 @@ def owner_alive(pid: int, start_time: float) -> bool:
     """Whether the process that created a container still runs (same pid *and* start time)."""
     try:
         return abs(process_start_time(pid) - start_time) < SAME_START_S
-    except (OSError, ValueError, IndexError):
+    except UNREADABLE_STAT:
         return False
 
 
