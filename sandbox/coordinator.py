@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 READER_SAMPLE_S = 0.005
 # After the deadline the engine gets this long to report the container's end.
 WAIT_GRACE_S = 15.0
+ABANDONED = "the caller stopped reading the run's frames; its container was removed"
 # A container whose deadline passed this long ago is reaped even if its owner looks alive.
 REAP_AFTER_DEADLINE_S = 60.0
 
@@ -269,6 +270,12 @@ class Coordinator:
                 self.audit.check()  # fail closed: before any engine call
                 audit_ok = True
             yield from self._run(request, frames, outcome, cancel or threading.Event())
+        except GeneratorExit:
+            # No frame can follow; the audit log still gets the run.
+            outcome.fail(Interrupted(ABANDONED))
+            if audit_ok:
+                self._record(frames.run_id, request, outcome, self.clock() - began)
+            raise
         except SandboxError as exc:
             outcome.fail(exc)
         except Exception as exc:  # noqa: BLE001 - a bug must still end the run with an exit frame
@@ -319,8 +326,10 @@ class Coordinator:
             self.audit.record(facts)
         except SandboxError as exc:
             logger.error("audit record of run {} not written: {}", run_id, exc)
-            if outcome.error is None:
-                outcome.fail(exc)
+            outcome.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end the run with an exit frame
+            logger.error("audit record of run {} not written", run_id, exception=exc)
+            outcome.fail(InfrastructureError(f"audit record not written: {exc}"))
 
     def _run(
         self, request: Request, frames: FrameFactory, outcome: Outcome, cancel: threading.Event
@@ -330,7 +339,10 @@ class Coordinator:
         policy = loaded.policy
         authorize(loaded, request)
         inputs = staging.resolve_inputs(request.inputs, loaded.allowed_roots)
-        output_dir = staging.check_output_dir(request.output_dir) if request.output_dir else None
+        # `is not None`: an empty string is a bad output_dir, not a request without one.
+        output_dir = (
+            staging.check_output_dir(request.output_dir) if request.output_dir is not None else None
+        )
         timeout_s = effective_timeout(policy, request)
         self.runtime.check_image(policy.image.name, policy.image.id)
         assert self.admission is not None  # noqa: S101 - set in __post_init__
@@ -357,6 +369,11 @@ class Coordinator:
                 )
             ]
             yield from self._contain(spec, request, frames, outcome, cancel, stage, loaded, slot)
+        except GeneratorExit:
+            # The caller stopped reading (a closed pipe, a dropped generator): the run did not
+            # end on its own, so what it wrote so far is set aside, never published as whole.
+            outcome.fail(Interrupted(ABANDONED))
+            raise
         finally:
             self._finish_outputs(stage, outcome, loaded)
 

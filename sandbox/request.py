@@ -12,6 +12,7 @@ from .errors import InvalidRequest
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 INPUT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Request(BaseModel):
@@ -59,6 +60,7 @@ def request_from_data(data: Any) -> Request:
     if not isinstance(data, dict):
         msg = "request must be a JSON object"
         raise InvalidRequest(msg)
+    _refuse_non_unicode(data)
     try:
         return Request.model_validate(data)
     except ValidationError as exc:
@@ -67,3 +69,51 @@ def request_from_data(data: Any) -> Request:
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         msg = f"invalid request: {key}: {message}"
         raise InvalidRequest(msg, key=key) from exc
+
+
+def _refuse_non_unicode(data: dict[str, Any]) -> None:
+    """Text that is not Unicode (a lone surrogate: ``"\\ud800"`` in JSON, or a path from argv
+    whose bytes are not UTF-8) is an invalid request: frames, mounts and the audit log are
+    UTF-8, and could only carry it altered. One pass of the C encoder finds it; only then is
+    the key looked for, to name it."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # Named with U+FFFD in place of what cannot be shown (a key may be the culprit).
+        key = _SURROGATE.sub("\ufffd", _first_non_unicode(data) or "(request)")
+        msg = (
+            f"invalid request: {key}: text that is not valid Unicode (a lone surrogate, or "
+            "bytes that are not UTF-8)"
+        )
+        raise InvalidRequest(msg, key=key, fix="send UTF-8 text only") from None
+    except (TypeError, ValueError):
+        return  # not JSON-shaped: validation names what is wrong
+
+
+def _first_non_unicode(value: Any, path: str = "") -> str | None:
+    if isinstance(value, str):
+        return None if is_utf8(value) else path
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and not is_utf8(key):
+            return where
+        found = _first_non_unicode(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def is_utf8(text: str) -> bool:
+    """False for text with lone surrogates (``os`` decodes bytes that are not UTF-8 to them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -6,6 +6,7 @@ directory. Nothing here follows a link the script made.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InfrastructureError, InvalidRequest, PolicyDenied, ResourceLimit
+from .log import logger
+from .request import is_utf8
 
 STAGING_DIRNAME = ".sandbox-staging"
 FAILED_DIRNAME = ".sandbox-failed"
@@ -50,6 +53,9 @@ def resolve_input(name: str, raw: str, roots: tuple[Path, ...]) -> str:
     if "\x00" in raw or not raw:
         msg = f"input {name!r}: path is empty or contains NUL"
         raise InvalidRequest(msg, key=name)
+    if not is_utf8(raw):
+        msg = f"input {name!r}: the path is not valid UTF-8"
+        raise InvalidRequest(msg, key=name, fix="rename it, or pass a directory above it")
     real = os.path.realpath(raw)
     if not any(_inside(real, str(root)) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none"
@@ -115,6 +121,9 @@ def check_output_dir(raw: str) -> Path:
     if "\x00" in raw or not raw:
         msg = "output_dir is empty or contains NUL"
         raise InvalidRequest(msg, key="output_dir")
+    if not is_utf8(raw):
+        msg = "output_dir is not valid UTF-8"
+        raise InvalidRequest(msg, key="output_dir", fix="choose a path with a UTF-8 name")
     path = Path(raw).absolute()
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         msg = f"output_dir {raw} exists and is not a directory; nothing is ever overwritten"
@@ -129,6 +138,34 @@ def check_output_dir(raw: str) -> Path:
             key="output_dir",
             fix="pass a new or empty directory",
         )
+    ancestor = path.parent
+    while not ancestor.exists() and not ancestor.is_symlink():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        msg = f"output_dir {raw}: {ancestor} is not a directory"
+        raise InvalidRequest(msg, key="output_dir", fix="pass a path under a directory")
+    return path
+
+
+def _private_dir(path: Path) -> Path:
+    """``path`` as a directory only this process's user can enter, created if missing.
+
+    It sits beside the output directory, maybe in a directory others can write to (/tmp): one
+    that someone else made, or a link, could let them read, swap or redirect what a run
+    publishes (as root, into any directory). So it must be ours, real and private."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        msg = (
+            f"{path} is not a private directory of this user (owner uid {st.st_uid}, mode "
+            f"{stat.filemode(st.st_mode)}): another user could read or redirect the outputs"
+        )
+        raise InvalidRequest(
+            msg,
+            key="output_dir",
+            fix=f"remove {path} if nobody else uses it, or choose an output_dir elsewhere",
+        )
     return path
 
 
@@ -137,7 +174,7 @@ def prepare_output(output_dir: Path, run_id: str) -> OutputStaging:
     root = output_dir.parent / STAGING_DIRNAME
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
-        root.mkdir(mode=0o700, exist_ok=True)
+        _private_dir(root)
         staging = root / run_id
         staging.mkdir(mode=0o700)
         # The container's non-root user writes here; the 0700 parent keeps other host users out.
@@ -194,17 +231,29 @@ _REFUSED_KINDS = (
 )
 
 
-def _walk(root: Path, rel: str = "", depth: int = 0) -> Iterator[tuple[str, os.stat_result]]:
-    if depth > MAX_DEPTH:
-        return
+_TOO_DEEP = f"directory nested more than {MAX_DEPTH} levels deep"
+_NOT_UTF8 = "name is not valid UTF-8"
+
+
+def _walk(
+    root: Path, rel: str = "", depth: int = 0
+) -> Iterator[tuple[str, os.stat_result, str | None]]:
+    """Every entry under root as (path, lstat, why it is refused or None), parents first. A
+    refused directory is not entered."""
     with os.scandir(root / rel if rel else root) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
         path = f"{rel}/{entry.name}" if rel else entry.name
         st = entry.stat(follow_symlinks=False)
-        yield path, st
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk(root, path, depth + 1)
+        if not is_utf8(entry.name):
+            # Frames and the audit log are UTF-8: such a name could only be listed altered.
+            yield path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), st, _NOT_UTF8
+        elif stat.S_ISDIR(st.st_mode) and depth >= MAX_DEPTH:
+            yield path, st, _TOO_DEEP
+        else:
+            yield path, st, None
+            if stat.S_ISDIR(st.st_mode):
+                yield from _walk(root, path, depth + 1)
 
 
 def survey(root: Path) -> Manifest:
@@ -212,8 +261,10 @@ def survey(root: Path) -> Manifest:
     manifest = Manifest()
     seen_inodes: dict[int, int] = {}
     regular: list[tuple[str, os.stat_result]] = []
-    for path, st in _walk(root):
-        if stat.S_ISDIR(st.st_mode):
+    for path, st, why in _walk(root):
+        if why is not None:
+            manifest.refused.append({"path": path, "reason": why})
+        elif stat.S_ISDIR(st.st_mode):
             manifest.dirs.append(path)
         elif stat.S_ISREG(st.st_mode):
             regular.append((path, st))
@@ -285,7 +336,12 @@ def publish(
     if stage.output_dir.is_dir():
         stage.output_dir.rmdir()  # empty, checked before the run
     fresh.rename(stage.output_dir)
-    discard(stage)
+    try:
+        discard(stage)
+    except OSError as exc:
+        # Published already: what is left is the script's copy, e.g. directories its user made
+        # that a non-root coordinator may not empty. Worth a warning, not a failed run.
+        logger.warning("staging directory {} not removed: {}", stage.staging, exc)
     return outputs, manifest.refused
 
 
@@ -296,8 +352,7 @@ def set_aside(stage: OutputStaging) -> Path | None:
     if not any(stage.staging.iterdir()):
         discard(stage)
         return None
-    failed_root = stage.output_dir.parent / FAILED_DIRNAME
-    failed_root.mkdir(mode=0o700, exist_ok=True)
+    failed_root = _private_dir(stage.output_dir.parent / FAILED_DIRNAME)
     target = failed_root / stage.run_id
     stage.staging.rename(target)
     target.chmod(0o700)

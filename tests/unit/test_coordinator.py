@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sandbox.audit import AuditLog, AuditRecord, RunFacts, tail
 from sandbox.coordinator import Coordinator, should_reap
 from sandbox.errors import InfrastructureError, InvalidRequest
 from sandbox.fake_runtime import FakeContainer, FakeRuntime
@@ -310,3 +311,67 @@ def test_transient_errors_are_retried_only_for_idempotent_calls() -> None:
     assert not _is_transient(answered(404))
     assert not _is_transient(answered(409))
     assert not _is_transient(ValueError())
+
+
+def test_a_caller_that_stops_reading_gets_outputs_set_aside_and_an_audit_record(
+    runtime: FakeRuntime, policy_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    # `sandbox run … | head -n1` or a dropped generator: the run did not end on its own, so
+    # what it wrote is not published as if whole (it was before), and the audit log has it.
+    log = tmp_path / "audit.jsonl"
+    coordinator = Coordinator(
+        runtime=runtime,
+        policy_dir=policy_dir,
+        clock=clock,
+        owner=Owner(pid=4242, start_time=1.0, host="test-host"),
+        audit=AuditLog(log),
+        admission=lambda _mb: None,
+    )
+    lines = b"".join(b'{"type":"data","payload":%d}\n' % i for i in range(3))
+    runtime.scripts.append(
+        FakeContainer(output=[("stdout", lines), ("stdout", lines)], writes={"half.csv": "x"})
+    )
+    out = tmp_path / "out"
+    request = Request(tool="echo", args={"case": "x"}, output_dir=str(out))
+    frames = coordinator.run(request, run_id="run1")
+    assert [next(frames)["type"] for _ in range(3)] == ["accepted", "started", "data"]
+    frames.close()
+    assert runtime.live == {}
+    assert not out.exists()
+    assert (tmp_path / ".sandbox-failed" / "run1" / "half.csv").read_text() == "x"
+    record = tail(log, 1)[0]
+    assert record["run_id"] == "run1"
+    assert record["status"] == "interrupted"
+    assert record["error_kind"] == "Interrupted"
+    assert record["outputs_count"] == 0
+
+
+def test_an_empty_output_dir_is_an_invalid_request_not_a_run_without_outputs(
+    run: Run, runtime: FakeRuntime
+) -> None:
+    frames = run(FakeContainer(), args={"case": "x"}, output_dir="")
+    assert frames[-1]["status"] == "invalid_request"
+    assert frames[-2]["error"]["details"]["key"] == "output_dir"
+    assert runtime.calls == []
+
+
+def test_an_audit_record_that_cannot_be_encoded_still_ends_the_run_with_an_exit_frame(
+    runtime: FakeRuntime, policy_dir: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    class Broken(AuditLog):
+        def record(self, facts: RunFacts) -> AuditRecord:
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    coordinator = Coordinator(
+        runtime=runtime,
+        policy_dir=policy_dir,
+        clock=clock,
+        owner=Owner(pid=4242, start_time=1.0, host="test-host"),
+        audit=Broken(tmp_path / "audit.jsonl"),
+        admission=lambda _mb: None,
+    )
+    runtime.scripts.append(FakeContainer())
+    frames = list(coordinator.run(Request(tool="echo", args={"case": "x"}), run_id="run1"))
+    assert types(frames)[-2:] == ["error", "exit"]
+    assert frames[-1]["status"] == "infrastructure_error"
+    assert "audit record not written" in frames[-2]["error"]["message"]

@@ -1,0 +1,36 @@
+"""Requests: text that is not Unicode is refused, naming where it is."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sandbox.errors import InvalidRequest
+from sandbox.request import parse_request, request_from_data
+
+
+def test_a_lone_surrogate_in_args_is_an_invalid_request_naming_the_key() -> None:
+    # JSON can spell one ("\ud800"); the audit log could not encode it and the run ended with a
+    # traceback instead of an exit frame.
+    with pytest.raises(InvalidRequest, match=r"args\.rows\.1: text that is not valid") as caught:
+        parse_request(b'{"tool": "echo", "args": {"rows": ["ok", "a\\ud800b"]}}')
+    assert caught.value.details["key"] == "args.rows.1"
+
+
+def test_a_lone_surrogate_in_a_key_is_named_too() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(b'{"tool": "echo", "args": {"ok": 1, "\\udc80": 1}}')
+    assert caught.value.details["key"] == "args.\ufffd"
+    assert "args.\ufffd: text that is not valid Unicode" in str(caught.value)
+
+
+def test_an_argv_path_that_is_not_utf8_is_an_invalid_request() -> None:
+    path = os.fsdecode(b"/data/x\xff")  # what argv gives for those bytes
+    with pytest.raises(InvalidRequest, match=r"inputs\.a"):
+        request_from_data({"tool": "echo", "args": {}, "inputs": {"a": path}})
+
+
+def test_unicode_text_and_escaped_pairs_pass() -> None:
+    request = parse_request('{"tool": "echo", "args": {"s": "héllo \\ud83d\\ude00 ✓"}}'.encode())
+    assert request.args == {"s": "héllo 😀 ✓"}

@@ -1,0 +1,120 @@
+"""Host-side output staging: what a script leaves is listed, refused or published, and the
+private directories beside the output directory cannot be someone else's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sandbox import staging
+from sandbox.errors import InvalidRequest
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> staging.OutputStaging:
+    return staging.prepare_output(tmp_path / "out", "run1")
+
+
+def test_a_name_that_is_not_utf8_is_refused_not_a_crash(stage: staging.OutputStaging) -> None:
+    # A script can make such names; frames and the audit log are UTF-8 (the run once ended
+    # with a traceback and no exit frame).
+    root = os.fsencode(stage.staging)
+    Path(os.fsdecode(root + b"/bad\xff.txt")).write_text("x")
+    Path(os.fsdecode(root + b"/dir\xfe")).mkdir()
+    Path(os.fsdecode(root + b"/dir\xfe/inner.txt")).write_text("y")
+    (stage.staging / "good.txt").write_text("ok")
+    outputs, refused = staging.publish(stage, 1 << 20)
+    assert [o["path"] for o in outputs] == ["good.txt"]
+    assert refused == [
+        {"path": "bad\ufffd.txt", "reason": "name is not valid UTF-8"},
+        {"path": "dir\ufffd", "reason": "name is not valid UTF-8"},
+    ]
+    assert [p.name for p in stage.output_dir.iterdir()] == ["good.txt"]
+
+
+def test_entries_nested_too_deep_are_refused_not_dropped(stage: staging.OutputStaging) -> None:
+    deep = stage.staging.joinpath(*["d"] * (staging.MAX_DEPTH + 6))
+    deep.mkdir(parents=True)
+    (deep / "bottom.txt").write_text("x")
+    (stage.staging / "top.txt").write_text("y")
+    outputs, refused = staging.publish(stage, 1 << 20)
+    assert [o["path"] for o in outputs] == ["top.txt"]
+    too_deep = "/".join(["d"] * (staging.MAX_DEPTH + 1))
+    assert refused == [
+        {"path": too_deep, "reason": f"directory nested more than {staging.MAX_DEPTH} levels deep"}
+    ]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o750, 0o705])
+def test_a_staging_root_others_can_enter_is_refused(tmp_path: Path, mode: int) -> None:
+    # In a shared directory such as /tmp another user could pre-create it and then read or
+    # swap what a run publishes (as root: into any directory they like).
+    root = tmp_path / staging.STAGING_DIRNAME
+    root.mkdir()
+    root.chmod(mode)
+    with pytest.raises(InvalidRequest, match="not a private directory") as caught:
+        staging.prepare_output(tmp_path / "out", "run1")
+    assert caught.value.details["key"] == "output_dir"
+    assert list(root.iterdir()) == []
+
+
+def test_a_staging_root_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / staging.STAGING_DIRNAME).symlink_to(elsewhere)
+    with pytest.raises(InvalidRequest, match="not a private directory"):
+        staging.prepare_output(tmp_path / "out", "run1")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_staging_root_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / staging.STAGING_DIRNAME).mkdir(mode=0o700)
+    monkeypatch.setattr(staging.os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
+    with pytest.raises(InvalidRequest, match="owner uid"):
+        staging.prepare_output(tmp_path / "out", "run1")
+
+
+def test_failed_outputs_are_not_set_aside_into_someone_elses_directory(
+    stage: staging.OutputStaging,
+) -> None:
+    (stage.staging / "half.txt").write_text("x")
+    failed = stage.output_dir.parent / staging.FAILED_DIRNAME
+    failed.mkdir()
+    failed.chmod(0o777)
+    with pytest.raises(InvalidRequest, match="not a private directory"):
+        staging.set_aside(stage)
+    assert list(failed.iterdir()) == []
+
+
+def test_a_staging_tree_left_behind_after_publishing_does_not_undo_the_publish(
+    stage: staging.OutputStaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A non-root coordinator cannot empty directories the container's user made: the outputs
+    # are published all the same (the run once reported infrastructure_error here).
+    (stage.staging / "a.csv").write_text("x,y\n")
+
+    def cannot(_stage: staging.OutputStaging) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(staging, "discard", cannot)
+    outputs, _ = staging.publish(stage, 1 << 20)
+    assert [o["path"] for o in outputs] == ["a.csv"]
+    assert (stage.output_dir / "a.csv").read_text() == "x,y\n"
+
+
+def test_an_output_dir_under_a_file_is_an_invalid_request(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InvalidRequest, match="is not a directory"):
+        staging.check_output_dir(str(tmp_path / "afile" / "sub" / "out"))
+
+
+def test_paths_that_are_not_utf8_are_invalid_requests(tmp_path: Path) -> None:
+    bad = os.fsdecode(os.fsencode(tmp_path) + b"/x\xff")
+    with pytest.raises(InvalidRequest, match="not valid UTF-8"):
+        staging.check_output_dir(bad)
+    with pytest.raises(InvalidRequest, match="not valid UTF-8"):
+        staging.resolve_input("a", bad, (tmp_path,))
