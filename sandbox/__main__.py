@@ -17,6 +17,12 @@ def main() -> None:
     # and again (≈10 ms of a one-shot run). The CLI switches it back on once its command's
     # imports are done (``cli.collect_garbage_again``).
     gc.disable()
+    if "run" in sys.argv[1:]:
+        # Before the imports: a signal now must still end the run with its exit frame.
+        # Commands other than `run` get the signals back (``cli.main``).
+        from . import early_signals
+
+        early_signals.hold()
     without_pydantic_plugins()
     from .cli import entrypoint
 

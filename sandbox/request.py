@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -37,9 +38,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        msg = f"the number {text[:40]} is out of range"
+        raise ValueError(msg)
+    return value
+
+
 def loads_strict(text: str | bytes) -> Any:
-    """``json.loads`` without NaN/Infinity, which strict JSON does not have."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """``json.loads`` without NaN/Infinity, which strict JSON does not have, and without
+    numbers that only overflow to them (``1e999``): nothing downstream could write them."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
 
 
 def parse_request(text: str | bytes) -> Request:

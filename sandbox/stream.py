@@ -212,11 +212,13 @@ class FrameAssembler:
             if frame is not None:
                 return frame
         if stream == "stdout" and cut and line.lstrip().startswith(b"{"):
+            limit = self._splitters["stdout"].max_line
             return self.factory.error(
                 "ProtocolError",
-                f"a stdout line longer than {self.frame_max} bytes was cut and dropped; large "
-                "data belongs in files under /output",
-                details={"limit": self.frame_max, "head": line[:200].decode("utf-8", "replace")},
+                f"a stdout line longer than {limit} bytes (the {self.frame_max}-byte frame "
+                "limit less room for the envelope) was cut and dropped; large data belongs in "
+                "files under /output",
+                details={"limit": limit, "head": line[:200].decode("utf-8", "replace")},
             )
         text = line.decode("utf-8", "replace")
         return self.fitting_log(stream, text + TRUNCATION_MARK if cut else text)

@@ -11,7 +11,6 @@ import argparse
 import gc
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,11 +18,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
-from .. import __version__
-from ..errors import EXIT_CODES, InvalidRequest, SandboxError
+from .. import __version__, early_signals
+from ..errors import EXIT_CODES, Interrupted, InvalidRequest, SandboxError
 from ..frames import Frame, encode
 from ..log import level_number, logger
-from ..request import Request, loads_strict, parse_request, request_from_data
+from ..request import MAX_REQUEST_BYTES, Request, loads_strict, parse_request, request_from_data
 
 if TYPE_CHECKING:
     from ..coordinator import Coordinator  # imported by the commands that use it, not here
@@ -74,10 +73,12 @@ def _request_from_args(args: argparse.Namespace) -> Request:
         if args.request != "-":
             msg = "--request takes '-' (the request is read from stdin)"
             raise UsageError(msg)
-        if args.tool or args.args or args.args_file or args.input or args.output or args.timeout:
+        others = (args.tool, args.args, args.args_file, args.input, args.output, args.timeout)
+        if any(value is not None for value in others):
             msg = "--request - cannot be combined with TOOL or other run options"
             raise UsageError(msg)
-        return parse_request(sys.stdin.buffer.read())
+        # At most one byte over the cap: a larger request is refused without reading it all.
+        return parse_request(sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1))
     if not args.tool:
         msg = "run needs TOOL (or --request -)"
         raise UsageError(msg)
@@ -97,20 +98,30 @@ def _args_value(args: argparse.Namespace) -> Any:
         msg = "use --args or --args-file, not both"
         raise UsageError(msg)
     if args.args_file is not None:
+        source = f"--args-file {args.args_file}"
         try:
-            text = Path(args.args_file).read_bytes()
+            with Path(args.args_file).open("rb") as fh:
+                text = fh.read(MAX_REQUEST_BYTES + 1)
         except OSError as exc:
-            msg = f"--args-file {args.args_file}: {exc.strerror}"
+            msg = f"{source}: {exc.strerror}"
             raise InvalidRequest(msg) from exc
     elif args.args is not None:
-        text = args.args.encode()
+        source = "--args"
+        try:
+            text = args.args.encode()
+        except UnicodeEncodeError:
+            msg = "--args is not valid UTF-8"
+            raise InvalidRequest(msg, key="args", fix="pass UTF-8 text") from None
     else:
         return {}
+    if len(text) > MAX_REQUEST_BYTES:
+        msg = f"{source} is larger than {MAX_REQUEST_BYTES} bytes"
+        raise InvalidRequest(msg, key="args", fix="large data belongs in an input file")
     try:
         return loads_strict(text)
     except (ValueError, RecursionError) as exc:
-        msg = f"--args is not valid JSON: {exc}"
-        raise InvalidRequest(msg) from exc
+        msg = f"{source} is not valid JSON: {exc}"
+        raise InvalidRequest(msg, key="args") from exc
 
 
 def _inputs_value(pairs: Iterable[str]) -> dict[str, str]:
@@ -138,25 +149,47 @@ def write_batches(batches: Iterable[list[Frame]], out: BinaryIO) -> Frame:
     return last
 
 
-def _install_interrupt(cancel: threading.Event) -> None:
+INTERRUPTED_EARLY = "interrupted before the run started; no container was created"
+
+
+def _install_interrupt(cancel: threading.Event, state: dict[str, bool]) -> None:
+    """SIGINT, SIGTERM and SIGHUP stop the run: its container is removed and it ends with an
+    exit frame. While the request is read from stdin (which may never close) the read is
+    broken off instead."""
+
     def handle(signum: int, _frame: FrameType | None) -> None:
         logger.warning("received signal {}: stopping the run", signum)
         cancel.set()
+        if state["reading"]:
+            state["reading"] = False
+            raise Interrupted(INTERRUPTED_EARLY)
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    early_signals.handle(handle)
+    if early_signals.received():
+        cancel.set()
+
+
+def _read_request(args: argparse.Namespace, cancel: threading.Event) -> Request | SandboxError:
+    state = {"reading": False}
+    _install_interrupt(cancel, state)
+    try:
+        state["reading"] = True  # before the check: a signal from now on breaks the read
+        if cancel.is_set():
+            raise Interrupted(INTERRUPTED_EARLY)
+        request = _request_from_args(args)
+        state["reading"] = False  # one store: a signal after it only sets `cancel`
+    except SandboxError as exc:
+        state["reading"] = False
+        return exc
+    return request
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..coordinator import Coordinator
     from ..docker_runtime import DockerRuntime
 
-    try:
-        request: Request | SandboxError = _request_from_args(args)
-    except SandboxError as exc:
-        request = exc
     cancel = threading.Event()
-    _install_interrupt(cancel)
+    request = _read_request(args, cancel)
     coordinator = Coordinator(
         runtime=DockerRuntime(), policy_dir=policy_dir(args), audit=audit_log(args)
     )
@@ -350,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     handler: Handler = args.handler
     if handler is not cmd_run:
+        early_signals.release()  # held only in case this was `run`
         collect_garbage_again()
     try:
         return handler(args)

@@ -350,14 +350,16 @@ def start_sleeper(policies: PolicyDir) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_removes_the_container_then_exits_130(
-    testkit_policies: PolicyDir, docker_client: Any
+    testkit_policies: PolicyDir, docker_client: Any, signum: int
 ) -> None:
+    # SIGHUP (a closed terminal) once left the container running with no exit frame.
     proc = start_sleeper(testkit_policies)
     assert proc.stdout is not None
     lines = [proc.stdout.readline(), proc.stdout.readline()]
     assert json.loads(lines[1])["type"] == "started"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=30)
     frames = [json.loads(x) for x in lines + out.splitlines() if x.strip()]
     assert proc.returncode == 130

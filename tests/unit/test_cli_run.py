@@ -1,0 +1,186 @@
+"""``sandbox run`` as a process, for requests refused before any engine call: every one ends
+with exactly one exit frame, last, and the exit code that matches it (no Docker needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.request import MAX_REQUEST_BYTES
+from tests.conftest import ROOT, CliResult, run_cli
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {"SANDBOX_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+
+
+def assert_refused(result: CliResult, status: str, code: int) -> dict[str, Any]:
+    assert result.returncode == code, result.stderr
+    assert [f["type"] for f in result.frames] == ["error", "exit"]
+    assert result.frames[-1]["status"] == status
+    return result.frames[0]["error"]
+
+
+def test_args_that_are_not_utf8_end_with_an_invalid_request(
+    policy_dir: Path, env: dict[str, str]
+) -> None:
+    # The CLI once died of a UnicodeEncodeError here, with no frame at all.
+    args = os.fsdecode(b'{"message": "\xff"}')
+    result = run_cli(["run", "echo", "--args", args], policies=policy_dir, env=env)
+    error = assert_refused(result, "invalid_request", 2)
+    assert error["message"] == "--args is not valid UTF-8"
+
+
+@pytest.mark.parametrize("how", ["args", "stdin"])
+def test_a_number_that_overflows_is_an_invalid_request(
+    policy_dir: Path, env: dict[str, str], how: str
+) -> None:
+    # 1e999 decoded to infinity and failed later, as an internal infrastructure error (exit 6).
+    if how == "args":
+        result = run_cli(["run", "echo", "--args", '{"n": 1e999}'], policies=policy_dir, env=env)
+    else:
+        request = b'{"tool": "echo", "args": {"n": 1e999}}'
+        result = run_cli(["run", "--request", "-"], policies=policy_dir, stdin=request, env=env)
+    error = assert_refused(result, "invalid_request", 2)
+    assert "1e999 is out of range" in error["message"]
+
+
+def test_args_file_errors_name_the_file_and_hold_the_request_cap(
+    policy_dir: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    result = run_cli(["run", "echo", "--args-file", str(bad)], policies=policy_dir, env=env)
+    error = assert_refused(result, "invalid_request", 2)
+    assert error["message"].startswith(f"--args-file {bad} is not valid JSON")
+    big = tmp_path / "big.json"
+    big.write_text('{"s": "' + "x" * MAX_REQUEST_BYTES + '"}')
+    result = run_cli(["run", "echo", "--args-file", str(big)], policies=policy_dir, env=env)
+    error = assert_refused(result, "invalid_request", 2)
+    assert f"larger than {MAX_REQUEST_BYTES} bytes" in error["message"]
+
+
+def test_a_request_on_stdin_refuses_other_options_even_zero(
+    policy_dir: Path, env: dict[str, str]
+) -> None:
+    # `--timeout 0` was silently ignored (tested for truth, not for being given).
+    result = run_cli(
+        ["run", "--request", "-", "--timeout", "0"],
+        policies=policy_dir,
+        stdin=b'{"tool": "echo"}',
+        env=env,
+    )
+    error = assert_refused(result, "invalid_request", 2)
+    assert "cannot be combined" in error["message"]
+
+
+def test_a_missing_policy_directory_is_named_with_the_fix(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    result = run_cli(["run", "echo"], policies=tmp_path / "nowhere", env=env)
+    error = assert_refused(result, "denied", 3)
+    assert "policy directory" in error["message"]
+    assert "does not exist" in error["message"]
+    assert "--policies" in error["details"]["fix"]
+
+
+def _frames(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_request_is_read_ends_the_run_as_interrupted(
+    policy_dir: Path, env: dict[str, str], signum: int
+) -> None:
+    # The caller never closes stdin: SIGINT once ended in a traceback and SIGTERM in silence.
+    argv = [sys.executable, "-m", "sandbox", "--policies", str(policy_dir), "run"]
+    proc = subprocess.Popen(
+        [*argv, "--request", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )
+    time.sleep(1.0)  # whether it is still starting or already reading, the outcome is the same
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=30)
+    frames = _frames(out)
+    assert proc.returncode == 130
+    assert [f["type"] for f in frames] == ["error", "exit"]
+    assert frames[-1]["status"] == "interrupted"
+    assert frames[0]["error"]["kind"] == "Interrupted"
+
+
+def test_a_signal_during_start_up_is_held_until_the_run_can_end_properly(
+    policy_dir: Path, env: dict[str, str]
+) -> None:
+    # What `python -m sandbox run` does, with SIGTERM arriving during the imports.
+    code = (
+        "import os, signal, sys\n"
+        "from sandbox import early_signals\n"
+        "early_signals.hold()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        f"sys.argv = ['sandbox', '--policies', {str(policy_dir)!r}, 'run', 'echo']\n"
+        "from sandbox.cli import entrypoint\n"
+        "entrypoint()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    frames = _frames(proc.stdout)
+    assert proc.returncode == 130, proc.stderr
+    assert [f["type"] for f in frames] == ["error", "exit"]
+    assert frames[-1]["status"] == "interrupted"
+
+
+def test_commands_other_than_run_get_held_signals_back() -> None:
+    code = (
+        "import os, signal, sys\n"
+        "from sandbox import early_signals\n"
+        "early_signals.hold()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "print('held', flush=True)\n"
+        "early_signals.release()\n"
+        "print('not reached', flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=60, check=False
+    )
+    assert proc.returncode == -signal.SIGTERM
+    assert proc.stdout == b"held\n"
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    # `nohup sandbox run …`: SIGHUP must not stop the run.
+    code = (
+        "import os, signal\n"
+        "from sandbox import early_signals\n"
+        "early_signals.hold()\n"
+        "os.kill(os.getpid(), signal.SIGHUP)\n"
+        "print(early_signals.received(), flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # noqa: PLW1509
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"[]\n"
