@@ -380,7 +380,10 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
     try:
         policy = Policy.model_validate(data, context=context)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelled required key is two errors, the key missing and an unknown one: the
+        # unknown one is what the author typed, so it is the one to name.
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         line, key = _line_of(node, tuple(first["loc"]))
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise PolicyFileError(message, path=where, line=line, key=key or None) from exc

@@ -365,7 +365,7 @@ def _extensions() -> list[Callable[[Any], None]]:
 
 
 def _usage_exit(argv: Sequence[str], exc: SandboxError) -> int:
-    print(f"sandbox: {exc}", file=sys.stderr)
+    print(exc, file=sys.stderr)  # already "sandbox: …" (the parser's program name)
     if "run" in argv:
         from ..coordinator import refused_frames
 

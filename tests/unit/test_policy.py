@@ -47,6 +47,22 @@ def test_misspelled_key_names_file_line_and_key() -> None:
 
 
 @pytest.mark.parametrize(
+    ("right", "wrong", "key"),
+    [("command:", "comand:", "comand"), ("  name: sandbox", "  nme: sandbox", "image.nme")],
+)
+def test_a_misspelled_required_key_is_named_not_reported_missing(
+    right: str, wrong: str, key: str
+) -> None:
+    # Reported as "command: Field required" before, never naming what the author wrote.
+    text = dump().replace(right, wrong, 1)
+    assert wrong in text
+    with pytest.raises(PolicyFileError) as err:
+        parse(text)
+    assert err.value.key == key
+    assert "unknown key" in str(err.value)
+
+
+@pytest.mark.parametrize(
     ("text", "needle"),
     [
         ("!!python/object/apply:os.system ['id']", "constructor"),
