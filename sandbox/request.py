@@ -46,6 +46,25 @@ def _finite(text: str) -> float:
     return value
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
+        twice = next(key for index, key in enumerate(keys) if key in keys[:index])
+        msg = f"the key {twice!r} appears twice in one object"
+        raise ValueError(msg)
+    return obj
+
+
+def loads_request(text: str | bytes) -> Any:
+    """``loads_strict`` for what callers send (requests, args, JSON-RPC messages): a key given
+    twice is an error, not a silent choice of the last value, which another JSON reader (a
+    proxy that checked the request first) may not have made."""
+    return json.loads(
+        text, parse_constant=_reject_constant, parse_float=_finite, object_pairs_hook=_unique_keys
+    )
+
+
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads`` without NaN/Infinity, which strict JSON does not have, and without
     numbers that only overflow to them (``1e999``): nothing downstream could write them."""
@@ -58,7 +77,7 @@ def parse_request(text: str | bytes) -> Request:
         msg = f"request is larger than {MAX_REQUEST_BYTES} bytes"
         raise InvalidRequest(msg)
     try:
-        data = loads_strict(text)
+        data = loads_request(text)
     except (ValueError, RecursionError) as exc:
         msg = f"request is not valid JSON: {exc}"
         raise InvalidRequest(msg) from exc

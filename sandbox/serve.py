@@ -32,7 +32,7 @@ from .hostcheck import HostSnapshot
 from .log import logger
 from .metrics import Job, Metrics
 from .policy import tool_rows
-from .request import MAX_REQUEST_BYTES, Request, loads_strict, request_from_data
+from .request import MAX_REQUEST_BYTES, Request, loads_request, request_from_data
 from .rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -138,6 +138,9 @@ class Server:
         self._stop_reason = ""
         self._stop = threading.Event()
         self._shutdown_callers: list[RpcId] = []
+        # `health` answers from threads of its own: a stop waits for them, so that every call
+        # is answered, the `shutdown` call last.
+        self._health_answers: list[threading.Thread] = []
         self._methods: dict[str, Callable[[RpcRequest], Any]] = {
             "run": self._m_run,
             "cancel": self._m_cancel,
@@ -181,6 +184,10 @@ class Server:
             self._writer.abandon()
             if not self._wait_for_runs():
                 logger.error("runs did not end within {}s; leaving them", 2 * self._grace)
+        with self._lock:
+            answering = list(self._health_answers)
+        for answer in answering:
+            answer.join(self._grace)
         with self._lock:
             callers, self._shutdown_callers = self._shutdown_callers, []
         for rpc_id in callers:
@@ -236,7 +243,7 @@ class Server:
         if not line.strip():
             return
         try:
-            data = loads_strict(line.decode("utf-8"))
+            data = loads_request(line.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             self._error(None, PARSE_ERROR, f"parse error: {exc}")
             return
@@ -351,6 +358,9 @@ class Server:
             name="serve-health",
             daemon=True,
         )
+        with self._lock:
+            self._health_answers = [t for t in self._health_answers if t.is_alive()]
+            self._health_answers.append(answer)
         answer.start()
         return _DEFERRED
 

@@ -22,7 +22,7 @@ from .. import __version__, early_signals
 from ..errors import EXIT_CODES, Interrupted, InvalidRequest, SandboxError
 from ..frames import Frame, encode
 from ..log import level_number, logger
-from ..request import MAX_REQUEST_BYTES, Request, loads_strict, parse_request, request_from_data
+from ..request import MAX_REQUEST_BYTES, Request, loads_request, parse_request, request_from_data
 
 if TYPE_CHECKING:
     from ..coordinator import Coordinator  # imported by the commands that use it, not here
@@ -118,7 +118,7 @@ def _args_value(args: argparse.Namespace) -> Any:
         msg = f"{source} is larger than {MAX_REQUEST_BYTES} bytes"
         raise InvalidRequest(msg, key="args", fix="large data belongs in an input file")
     try:
-        return loads_strict(text)
+        return loads_request(text)
     except (ValueError, RecursionError) as exc:
         msg = f"{source} is not valid JSON: {exc}"
         raise InvalidRequest(msg, key="args") from exc

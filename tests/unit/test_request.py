@@ -34,3 +34,11 @@ def test_an_argv_path_that_is_not_utf8_is_an_invalid_request() -> None:
 def test_unicode_text_and_escaped_pairs_pass() -> None:
     request = parse_request('{"tool": "echo", "args": {"s": "héllo \\ud83d\\ude00 ✓"}}'.encode())
     assert request.args == {"s": "héllo 😀 ✓"}
+
+
+def test_a_key_given_twice_is_an_invalid_request_not_a_silent_choice() -> None:
+    # The last value won before; a proxy that checked the request may have read the first.
+    with pytest.raises(InvalidRequest, match="'tool' appears twice"):
+        parse_request(b'{"tool": "echo", "tool": "other"}')
+    with pytest.raises(InvalidRequest, match="'a' appears twice"):
+        parse_request(b'{"tool": "echo", "inputs": {"a": "/x", "a": "/y"}}')

@@ -696,6 +696,27 @@ def test_shutdown_cancels_runs_and_is_answered_last(client: Client) -> None:
     assert client.wait_stopped() == 0
 
 
+def test_a_health_call_in_flight_is_answered_before_the_shutdown(backend: FakeBackend) -> None:
+    # The server once exited (or answered `shutdown`) before a slow health answer was sent.
+    client = Client(backend)
+    asked = threading.Event()
+    slow = client._engine_info
+
+    def slow_engine() -> EngineInfo:
+        asked.set()
+        time.sleep(0.5)
+        return slow()
+
+    client.server._engine_info = slow_engine
+    client.call("health", id_="h")
+    assert asked.wait(TIMEOUT)
+    client.call("shutdown", id_="s")
+    answers = [client.next(), client.next()]
+    assert [a["id"] for a in answers] == ["h", "s"]
+    assert answers[0]["result"]["engine"]["reachable"] is True
+    assert client.wait_stopped() == 0
+
+
 def test_draining_shutdown_refuses_new_runs_but_finishes_the_running(client: Client) -> None:
     client.call("run", run_params("block"), id_=1)
     wait_for(lambda: len(client.backend.started) == 1)
