@@ -538,7 +538,10 @@ def _check_inputs(policy: Policy, request: Request) -> None:
         )
     for name in request.inputs:
         if not INPUT_NAME_RE.fullmatch(name):
-            msg = f"input name {name!r} is not valid: use letters, digits, '_', '-', '.'"
+            msg = (
+                f"input name {name!r} is not valid: 1 to 64 letters, digits, '_', '-' or '.', "
+                "not starting with '-' or '.'"
+            )
             raise InvalidRequest(
                 msg,
                 key=name,

@@ -76,6 +76,9 @@ def parse_request(text: str | bytes) -> Request:
     if len(text) > MAX_REQUEST_BYTES:
         msg = f"request is larger than {MAX_REQUEST_BYTES} bytes"
         raise InvalidRequest(msg)
+    if not text.strip():
+        msg = "the request is empty"
+        raise InvalidRequest(msg, fix='send one JSON object: {"tool": …, "args": {…}}')
     try:
         data = loads_request(text)
     except (ValueError, RecursionError) as exc:
@@ -93,11 +96,46 @@ def request_from_data(data: Any) -> Request:
     try:
         return Request.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(request)"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        key, message = describe_error(exc.errors()[0], _EXPECTED)
         msg = f"invalid request: {key}: {message}"
         raise InvalidRequest(msg, key=key) from exc
+
+
+# What each request key holds, said in JSON's terms (pydantic's say "a valid dictionary").
+_EXPECTED = {
+    "tool": "a string",
+    "args": "a JSON object",
+    "inputs": "a JSON object of input names to host paths",
+    "output_dir": "a string (a host path) or null",
+    "timeout_s": "a number of seconds, or null",
+}
+_EXPECTED_BY_TYPE = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a JSON object",
+    "model_type": "a JSON object",
+    "list_type": "an array",
+    "none_required": "null",
+}
+
+
+def describe_error(error: Any, expected: dict[str, str]) -> tuple[str, str]:
+    """A validation error as (key, message) in JSON's terms. A key that takes one of several
+    types is named alone: pydantic appends the member that failed (``timeout_s.float``)."""
+    loc = [str(part) for part in error["loc"]]
+    if error["type"] == "extra_forbidden":
+        return ".".join(loc) or "(message)", "unknown key"
+    whole_key = len(loc) == 1 or (len(loc) == 2 and loc[1] in _UNION_MEMBERS)
+    if loc and loc[0] in expected and error["type"] in _EXPECTED_BY_TYPE and whole_key:
+        return loc[0], f"must be {expected[loc[0]]}"
+    if error["type"] in _EXPECTED_BY_TYPE:
+        return ".".join(loc), f"must be {_EXPECTED_BY_TYPE[error['type']]}"
+    return ".".join(loc) or "(message)", error["msg"]
+
+
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none"})
 
 
 def _refuse_non_unicode(data: dict[str, Any]) -> None:

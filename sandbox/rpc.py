@@ -8,6 +8,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .request import describe_error
+
 # JSON-RPC 2.0 error codes; -32000.. are this server's own (docs/serve.md).
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -85,10 +87,16 @@ class RpcError(Exception):
         self.body = RpcErrorObject(code=code, message=message, data=data)
 
 
+_EXPECTED = {
+    "jsonrpc": 'the string "2.0"',
+    "method": "a string",
+    "id": "a string, an integer or null",
+    "params": "a JSON object (named params)",
+}
+
+
 def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(message)"
-    problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    where, problem = describe_error(exc.errors()[0], _EXPECTED)
     return f"{where}: {problem}"
 
 

@@ -42,3 +42,27 @@ def test_a_key_given_twice_is_an_invalid_request_not_a_silent_choice() -> None:
         parse_request(b'{"tool": "echo", "tool": "other"}')
     with pytest.raises(InvalidRequest, match="'a' appears twice"):
         parse_request(b'{"tool": "echo", "inputs": {"a": "/x", "a": "/y"}}')
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (b'{"tool": "echo", "args": [1]}', "args", "args: must be a JSON object"),
+        # Named alone, not "timeout_s.float" (the member of the union that failed).
+        (b'{"tool": "echo", "timeout_s": "5"}', "timeout_s", "timeout_s: must be a number"),
+        (b'{"tool": 5}', "tool", "tool: must be a string"),
+        (b'{"tool": "echo", "inputs": {"a": 3}}', "inputs.a", "inputs.a: must be a string"),
+        (b'{"tool": "echo", "bogus": 1}', "bogus", "bogus: unknown key"),
+    ],
+)
+def test_type_errors_are_said_in_json_terms(text: bytes, key: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(text)
+    assert caught.value.details["key"] == key
+    assert f"invalid request: {message}" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", [b"", b"  \n"])
+def test_an_empty_request_says_so(text: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="the request is empty"):
+        parse_request(text)

@@ -258,6 +258,15 @@ def wait_for(predicate: Any, timeout: float = TIMEOUT) -> None:
 # --- message errors ---------------------------------------------------------------------------
 
 
+def test_an_invalid_id_or_param_type_is_said_in_json_terms(client: Client) -> None:
+    client.send(b'{"jsonrpc": "2.0", "id": [1], "method": "metrics"}')
+    error = client.next()["error"]
+    assert error["message"] == "invalid request: id: must be a string, an integer or null"
+    client.call("cancel", {"run_id": 5}, id_=2)
+    error = client.until_response(2)[1]["error"]
+    assert error["message"] == "invalid params for cancel: run_id: must be a string"
+
+
 @pytest.mark.parametrize(
     ("line", "code", "id_"),
     [
