@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .request import describe_error
+from .request import describe_error, is_utf8
 
 # JSON-RPC 2.0 error codes; -32000.. are this server's own (docs/serve.md).
 PARSE_ERROR = -32700
@@ -117,4 +117,6 @@ def _echo_id(data: Any) -> RpcId:
     candidate = data.get("id") if isinstance(data, dict) else None
     if isinstance(candidate, bool) or not isinstance(candidate, int | str):
         return None
+    if isinstance(candidate, str) and not is_utf8(candidate):
+        return None  # it could only be echoed altered
     return candidate

@@ -258,6 +258,17 @@ def wait_for(predicate: Any, timeout: float = TIMEOUT) -> None:
 # --- message errors ---------------------------------------------------------------------------
 
 
+def test_an_id_with_a_lone_surrogate_is_refused_not_echoed_altered(client: Client) -> None:
+    # It came back as U+FFFD: the client could not match the answer to its call.
+    client.send(b'{"jsonrpc": "2.0", "id": "\\ud800", "method": "metrics"}')
+    answer = client.next()
+    assert answer["id"] is None
+    assert answer["error"]["code"] == INVALID_REQUEST
+    assert "lone surrogate" in answer["error"]["message"]
+    client.send(b'{"jsonrpc": "2.0", "id": "\\ud800", "method": 5}')
+    assert client.next()["id"] is None
+
+
 def test_an_invalid_id_or_param_type_is_said_in_json_terms(client: Client) -> None:
     client.send(b'{"jsonrpc": "2.0", "id": [1], "method": "metrics"}')
     error = client.next()["error"]
