@@ -271,8 +271,8 @@ class Coordinator:
                 audit_ok = True
             yield from self._run(request, frames, outcome, cancel or threading.Event())
         except GeneratorExit:
-            # No frame can follow; the audit log still gets the run.
-            outcome.fail(Interrupted(ABANDONED))
+            # No frame can follow (``_run`` has marked the outcome interrupted); the audit log
+            # still gets the run.
             if audit_ok:
                 self._record(frames.run_id, request, outcome, self.clock() - began)
             raise

@@ -446,21 +446,15 @@ def _policy_path(directory: Path, tool: str) -> Path:
         msg = f"no policy for tool {tool!r}: not a valid tool name"
         raise PolicyDenied(msg, tool=tool)
     path = directory / f"{tool}.yaml"
-    if not directory.is_dir():
-        msg = f"no policy for tool {tool!r}: the policy directory {directory} does not exist"
-        raise PolicyDenied(
-            msg,
-            tool=tool,
-            fix="pass --policies DIR (before the command) or set SANDBOX_POLICY_DIR",
-        )
-    if not path.is_file():
+    if path.is_file():
+        return path
+    if directory.is_dir():
         msg = f"no policy for tool {tool!r} in {directory}"
-        raise PolicyDenied(
-            msg,
-            tool=tool,
-            fix="run `sandbox tools` to list the whitelisted tools",
-        )
-    return path
+        fix = "run `sandbox tools` to list the whitelisted tools"
+    else:
+        msg = f"no policy for tool {tool!r}: the policy directory {directory} does not exist"
+        fix = "pass --policies DIR (before the command) or set SANDBOX_POLICY_DIR"
+    raise PolicyDenied(msg, tool=tool, fix=fix)
 
 
 class PolicyCache:

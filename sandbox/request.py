@@ -56,19 +56,19 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def loads_request(text: str | bytes) -> Any:
-    """``loads_strict`` for what callers send (requests, args, JSON-RPC messages): a key given
-    twice is an error, not a silent choice of the last value, which another JSON reader (a
-    proxy that checked the request first) may not have made."""
-    return json.loads(
-        text, parse_constant=_reject_constant, parse_float=_finite, object_pairs_hook=_unique_keys
-    )
-
-
 def loads_strict(text: str | bytes) -> Any:
     """``json.loads`` without NaN/Infinity, which strict JSON does not have, and without
     numbers that only overflow to them (``1e999``): nothing downstream could write them."""
     return json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
+
+
+def loads_request(text: str | bytes) -> Any:
+    """``loads_strict`` for what callers send (requests, args, JSON-RPC messages), where a key
+    given twice is also an error, not a silent choice of the last value, which another JSON
+    reader (a proxy that checked the request first) may not have made."""
+    return json.loads(
+        text, parse_constant=_reject_constant, parse_float=_finite, object_pairs_hook=_unique_keys
+    )
 
 
 def parse_request(text: str | bytes) -> Request:
@@ -109,6 +109,8 @@ _EXPECTED = {
     "output_dir": "a string (a host path) or null",
     "timeout_s": "a number of seconds, or null",
 }
+# The member of a union that failed, which pydantic appends to the key (``timeout_s.float``).
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none"})
 _EXPECTED_BY_TYPE = {
     "string_type": "a string",
     "int_type": "an integer",
@@ -125,17 +127,16 @@ def describe_error(error: Any, expected: dict[str, str]) -> tuple[str, str]:
     """A validation error as (key, message) in JSON's terms. A key that takes one of several
     types is named alone: pydantic appends the member that failed (``timeout_s.float``)."""
     loc = [str(part) for part in error["loc"]]
-    if error["type"] == "extra_forbidden":
-        return ".".join(loc) or "(message)", "unknown key"
+    where = ".".join(loc) or "(message)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return where, "unknown key"
+    if kind not in _EXPECTED_BY_TYPE:
+        return where, error["msg"]
     whole_key = len(loc) == 1 or (len(loc) == 2 and loc[1] in _UNION_MEMBERS)
-    if loc and loc[0] in expected and error["type"] in _EXPECTED_BY_TYPE and whole_key:
+    if whole_key and loc[0] in expected:
         return loc[0], f"must be {expected[loc[0]]}"
-    if error["type"] in _EXPECTED_BY_TYPE:
-        return ".".join(loc), f"must be {_EXPECTED_BY_TYPE[error['type']]}"
-    return ".".join(loc) or "(message)", error["msg"]
-
-
-_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none"})
+    return where, f"must be {_EXPECTED_BY_TYPE[kind]}"
 
 
 def _refuse_non_unicode(data: dict[str, Any]) -> None:
@@ -146,8 +147,8 @@ def _refuse_non_unicode(data: dict[str, Any]) -> None:
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        # Named with U+FFFD in place of what cannot be shown (a key may be the culprit).
-        key = _SURROGATE.sub("\ufffd", _first_non_unicode(data) or "(request)")
+        # A key may be the culprit: it is named as it can be shown.
+        key = shown(_first_non_unicode(data) or "(request)")
         msg = (
             f"invalid request: {key}: text that is not valid Unicode (a lone surrogate, or "
             "bytes that are not UTF-8)"
@@ -175,6 +176,11 @@ def _first_non_unicode(value: Any, path: str = "") -> str | None:
         if found is not None:
             return found
     return None
+
+
+def shown(text: str) -> str:
+    """``text`` with U+FFFD for each lone surrogate, as it can be written in UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def is_utf8(text: str) -> bool:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from .request import describe_error, is_utf8
 
@@ -40,6 +41,16 @@ class RpcRequest(_Message):
     """Echoed in the response; absent for a notification, which gets no answer."""
     params: dict[str, Any] | list[Any] | None = None
     """Named params (an object); ``run`` takes the contract's request object."""
+
+    @field_validator("id")
+    @classmethod
+    def _echoable(cls, value: RpcId) -> RpcId:
+        # Written back, a lone surrogate would come out as U+FFFD: an answer the client could
+        # match to none of its calls.
+        if isinstance(value, str) and not is_utf8(value):
+            kind, text = "id_not_unicode", "must be Unicode text (it holds a lone surrogate)"
+            raise PydanticCustomError(kind, text)
+        return value
 
     @property
     def is_notification(self) -> bool:

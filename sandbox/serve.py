@@ -32,7 +32,7 @@ from .hostcheck import HostSnapshot
 from .log import logger
 from .metrics import Job, Metrics
 from .policy import tool_rows
-from .request import MAX_REQUEST_BYTES, Request, is_utf8, loads_request, request_from_data
+from .request import MAX_REQUEST_BYTES, Request, loads_request, request_from_data
 from .rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -254,11 +254,6 @@ class Server:
             message = RpcRequest.model_validate(data)
         except ValidationError as exc:
             self._error(_echo_id(data), INVALID_REQUEST, f"invalid request: {_first_error(exc)}")
-            return
-        if isinstance(message.id, str) and not is_utf8(message.id):
-            # Written back it would come out altered (U+FFFD), matching no call of the client.
-            text = "invalid request: id: must be Unicode text (it holds a lone surrogate)"
-            self._error(None, INVALID_REQUEST, text)
             return
         self._dispatch(message)
 

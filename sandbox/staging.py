@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import InfrastructureError, InvalidRequest, PolicyDenied, ResourceLimit
 from .log import logger
-from .request import is_utf8
+from .request import is_utf8, shown
 
 STAGING_DIRNAME = ".sandbox-staging"
 FAILED_DIRNAME = ".sandbox-failed"
@@ -53,9 +53,6 @@ def resolve_input(name: str, raw: str, roots: tuple[Path, ...]) -> str:
     if "\x00" in raw or not raw:
         msg = f"input {name!r}: path is empty or contains NUL"
         raise InvalidRequest(msg, key=name)
-    if not is_utf8(raw):
-        msg = f"input {name!r}: the path is not valid UTF-8"
-        raise InvalidRequest(msg, key=name, fix="rename it, or pass a directory above it")
     real = os.path.realpath(raw)
     if not any(_inside(real, str(root)) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none"
@@ -121,9 +118,6 @@ def check_output_dir(raw: str) -> Path:
     if "\x00" in raw or not raw:
         msg = "output_dir is empty or contains NUL"
         raise InvalidRequest(msg, key="output_dir")
-    if not is_utf8(raw):
-        msg = "output_dir is not valid UTF-8"
-        raise InvalidRequest(msg, key="output_dir", fix="choose a path with a UTF-8 name")
     path = Path(raw).absolute()
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         msg = f"output_dir {raw} exists and is not a directory; nothing is ever overwritten"
@@ -247,7 +241,7 @@ def _walk(
         st = entry.stat(follow_symlinks=False)
         if not is_utf8(entry.name):
             # Frames and the audit log are UTF-8: such a name could only be listed altered.
-            yield path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), st, _NOT_UTF8
+            yield shown(path), st, _NOT_UTF8
         elif stat.S_ISDIR(st.st_mode) and depth >= MAX_DEPTH:
             yield path, st, _TOO_DEEP
         else:

@@ -25,10 +25,17 @@ def test_a_lone_surrogate_in_a_key_is_named_too() -> None:
     assert "args.\ufffd: text that is not valid Unicode" in str(caught.value)
 
 
-def test_an_argv_path_that_is_not_utf8_is_an_invalid_request() -> None:
+@pytest.mark.parametrize("key", ["inputs.a", "output_dir"])
+def test_an_argv_path_that_is_not_utf8_is_an_invalid_request(key: str) -> None:
+    # The one check for every path a request names: staging sees only requests that passed it.
     path = os.fsdecode(b"/data/x\xff")  # what argv gives for those bytes
-    with pytest.raises(InvalidRequest, match=r"inputs\.a"):
-        request_from_data({"tool": "echo", "args": {}, "inputs": {"a": path}})
+    data: dict[str, object] = {"tool": "echo", "args": {}}
+    data["inputs" if key == "inputs.a" else "output_dir"] = (
+        {"a": path} if key == "inputs.a" else path
+    )
+    with pytest.raises(InvalidRequest, match="text that is not valid Unicode") as caught:
+        request_from_data(data)
+    assert caught.value.details["key"] == key
 
 
 def test_unicode_text_and_escaped_pairs_pass() -> None:

@@ -110,11 +110,3 @@ def test_an_output_dir_under_a_file_is_an_invalid_request(tmp_path: Path) -> Non
     (tmp_path / "afile").write_text("")
     with pytest.raises(InvalidRequest, match="is not a directory"):
         staging.check_output_dir(str(tmp_path / "afile" / "sub" / "out"))
-
-
-def test_paths_that_are_not_utf8_are_invalid_requests(tmp_path: Path) -> None:
-    bad = os.fsdecode(os.fsencode(tmp_path) + b"/x\xff")
-    with pytest.raises(InvalidRequest, match="not valid UTF-8"):
-        staging.check_output_dir(bad)
-    with pytest.raises(InvalidRequest, match="not valid UTF-8"):
-        staging.resolve_input("a", bad, (tmp_path,))
