@@ -277,7 +277,8 @@ export class SandboxSession {
 
 // What a run's answer (its exit frame) means for the caller's promise.
 function runOutcome(call, exit) {
-  if (call.stop && exit?.status !== 'ok') return stopError(call, exit);
+  // A throw from onEvent rejects the call even when the run got to its end before the cancel.
+  if (call.stop instanceof Error || (call.stop && exit?.status !== 'ok')) return stopError(call, exit);
   if (exit?.status === 'ok') return null;
   return SandboxError.fromRun(exit ?? { status: 'infrastructure_error' }, call.errors);
 }

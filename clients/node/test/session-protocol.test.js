@@ -81,6 +81,23 @@ test('an error thrown by onEvent cancels the run and rejects with it', async () 
   }
 });
 
+test('an error thrown by onEvent rejects the call even when the run then ends ok', async () => {
+  const session = fake();
+  try {
+    for (const type of ['result', 'exit']) {
+      const boom = new Error(`handler failed on ${type}`);
+      const outcome = await session.run('echo', {}, {
+        onEvent: (f) => {
+          if (f.type === type) throw boom;
+        },
+      }).then(() => 'resolved', (e) => e);
+      assert.equal(outcome, boom);
+    }
+  } finally {
+    await session.close();
+  }
+});
+
 test('a crashed server rejects calls in flight and is started again for the next call', async () => {
   const session = fake();
   try {
