@@ -225,7 +225,7 @@ export class SandboxSession {
   }
 
   #onResponse(conn, message) {
-    const call = conn.pending.get(message.id);
+    const call = conn.pending.get(message.id) ?? (message.id === null && message.error ? unreadRun(conn) : undefined);
     if (!call) return;
     if (message.error) {
       this.#settle(call, SandboxError.fromRpc(message.error, { runId: call.runId ?? null }));
@@ -273,6 +273,17 @@ export class SandboxSession {
     if (error) call.reject(error);
     else call.resolve(value);
   }
+}
+
+// A line the server could not read (longer than it takes, nested too deep for its parser) is
+// answered with id null. The server reads its lines in order and announces every run before it
+// reads the next line, so that line was the oldest run not announced yet: reject that call
+// instead of leaving it waiting forever. (The other calls' small messages are always readable.)
+function unreadRun(conn) {
+  for (const call of conn.pending.values()) {
+    if (call.kind === 'run' && call.runId === null) return call;
+  }
+  return undefined;
 }
 
 // What a run's answer (its exit frame) means for the caller's promise.

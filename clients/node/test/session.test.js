@@ -137,6 +137,31 @@ describe('SandboxSession with the real engine', needsDocker(), () => {
     }
   });
 
+  test('a request the server cannot read rejects with InvalidRequest instead of hanging', async () => {
+    const session = new SandboxSession(options);
+    try {
+      let deep = {};
+      for (let i = 0; i < 1500; i++) deep = { a: deep };
+      const tooLong = 'x'.repeat(17 * 1024 * 1024);
+      const [before, nested, huge, after] = await Promise.allSettled([
+        session.run('testkit', { args: { case: 'echo', message: 'before' } }),
+        session.run('testkit', { args: { case: 'echo', payload: deep } }),
+        session.run('testkit', { args: { case: 'echo', message: tooLong } }),
+        session.run('testkit', { args: { case: 'echo', message: 'after' } }),
+      ]);
+      assert.equal(nested.reason?.kind, 'InvalidRequest', nested.reason?.message);
+      assert.equal(nested.reason.rpcCode, -32700);
+      assert.match(nested.reason.message, /recursion/);
+      assert.equal(huge.reason?.kind, 'InvalidRequest', huge.reason?.message);
+      assert.equal(huge.reason.rpcCode, -32600);
+      assert.match(huge.reason.message, /longer than/);
+      assert.equal(before.value?.result.args.message, 'before');
+      assert.equal(after.value?.result.args.message, 'after');
+    } finally {
+      await session.close();
+    }
+  });
+
   test('close() cancels what is running, removes the containers and waits for the server', async () => {
     const session = new SandboxSession(options);
     const started = eventWaiter((f) => f.type === 'started');
