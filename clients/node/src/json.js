@@ -107,13 +107,11 @@ function decodeDataframe(obj, options) {
     return NOT_TAGGED;
   }
   const keys = uniqueKeys(columns.map(String));
-  const rows = data.map((row) => {
-    const out = {};
-    keys.forEach((key, i) => {
-      out[key] = decodeValue(Array.isArray(row) ? row[i] : undefined, options);
-    });
-    return out;
-  });
+  // Object.fromEntries defines own properties: a column named `__proto__` stays a cell instead
+  // of setting the row's prototype to what the tool sent.
+  const rows = data.map((row) =>
+    Object.fromEntries(keys.map((key, i) => [key, decodeValue(Array.isArray(row) ? row[i] : undefined, options)])),
+  );
   return { columns, dtypes, rows };
 }
 

@@ -71,6 +71,16 @@ test('dataframes decode to columns and row objects; repeated names get suffixes'
   assert.deepEqual(value.rows, [{ id: 1, name: 'ada', 'id.1': '1.5' }, { id: 2, name: 'grace', 'id.1': null }]);
 });
 
+test('a dataframe column named __proto__ is a cell, never the row prototype', () => {
+  const text = '{"$type":"dataframe","columns":["name","__proto__"],"dtypes":{},"data":[["a",{"isAdmin":true}],["b",5]]}';
+  const frame = decodeValue(parseJson(text));
+  for (const row of frame.rows) assert.equal(Object.getPrototypeOf(row), Object.prototype);
+  assert.equal(frame.rows[0].isAdmin, undefined);
+  assert.deepEqual(Object.keys(frame.rows[0]), ['name', '__proto__']);
+  assert.deepEqual(frame.rows[0].__proto__, { isAdmin: true });
+  assert.equal(frame.rows[1].__proto__, 5);
+});
+
 test('objects that only look tagged are left alone', () => {
   const lookalikes = [
     { $type: 'decimal', value: '1', extra: true },
