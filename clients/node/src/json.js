@@ -115,13 +115,21 @@ function decodeDataframe(obj, options) {
   return { columns, dtypes, rows };
 }
 
-// Repeated column names become `name.1`, `name.2` (pandas' own convention) so no cell is lost.
+// Repeated column names become `name.1`, `name.2` (pandas' read_csv convention) so no cell is
+// lost; as there, a suffix that is itself a column's name (`a`, `a`, `a.1`) is skipped.
 function uniqueKeys(names) {
-  const seen = new Map();
+  const given = new Set(names);
+  const counts = new Map();
   return names.map((name) => {
-    const count = seen.get(name) ?? 0;
-    seen.set(name, count + 1);
-    return count === 0 ? name : `${name}.${count}`;
+    let key = name;
+    let count = counts.get(name) ?? 0;
+    while (count > 0) {
+      counts.set(name, count + 1);
+      key = `${name}.${count}`;
+      count = given.has(key) ? count + 1 : (counts.get(key) ?? 0);
+    }
+    counts.set(key, count + 1);
+    return key;
   });
 }
 

@@ -71,6 +71,11 @@ test('dataframes decode to columns and row objects; repeated names get suffixes'
   assert.deepEqual(value.rows, [{ id: 1, name: 'ada', 'id.1': '1.5' }, { id: 2, name: 'grace', 'id.1': null }]);
 });
 
+test('a repeated dataframe name never takes the name of another column, as in pandas read_csv', () => {
+  const frame = { $type: 'dataframe', columns: ['a', 'a', 'a.1', 'a'], dtypes: {}, data: [[1, 2, 3, 4]] };
+  assert.deepEqual(decodeValue(frame).rows, [{ a: 1, 'a.2': 2, 'a.1': 3, 'a.3': 4 }]);
+});
+
 test('a dataframe column named __proto__ is a cell, never the row prototype', () => {
   const text = '{"$type":"dataframe","columns":["name","__proto__"],"dtypes":{},"data":[["a",{"isAdmin":true}],["b",5]]}';
   const frame = decodeValue(parseJson(text));
