@@ -1,5 +1,6 @@
 // What runTool and SandboxSession share: the sandbox command line, the request object sent to
 // it, a bounded tail of the child's stderr, and stopping a child (SIGTERM, then SIGKILL).
+import { statSync } from 'node:fs';
 import path from 'node:path';
 import { stringifyJson } from './json.js';
 
@@ -44,6 +45,20 @@ export function buildRequest(tool, request, cwd = process.cwd()) {
 
 export function encodeRequest(request) {
   return stringifyJson(request);
+}
+
+/**
+ * Why `file` could not be started, and the fix. Node reports a missing working directory as
+ * ENOENT of the command itself, which would send the caller looking for the wrong thing.
+ */
+export function spawnFailure(file, cwd, err) {
+  if (err?.code === 'ENOENT' && !statSync(cwd, { throwIfNoEntry: false })?.isDirectory()) {
+    return { message: `could not start ${file}: the working directory ${cwd} does not exist`, fix: 'pass an existing directory as cwd' };
+  }
+  return {
+    message: `could not start ${file}: ${err?.message}`,
+    fix: 'install the sandbox CLI or pass sandboxPath (e.g. [python, "-m", "sandbox"])',
+  };
 }
 
 /** Keeps the last 16 KiB of a stream's text; forwards each line to `onLine` if given. */

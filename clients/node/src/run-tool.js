@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { SandboxError } from './errors.js';
 import { decodeFrame, parseJson } from './json.js';
-import { StderrTail, buildRequest, checkMs, commandLine, encodeRequest, terminate } from './process.js';
+import { StderrTail, buildRequest, checkMs, commandLine, encodeRequest, spawnFailure, terminate } from './process.js';
 
 /**
  * Runs `tool` once. Resolves with the exit frame (plus `result`, the decoded payload of the
@@ -28,7 +28,7 @@ export async function runTool(tool, request = {}, options = {}) {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   return new Promise((resolve, reject) => {
-    new OneRun(child, { ...options, timeoutMs }, resolve, reject).begin(body);
+    new OneRun(child, { ...options, cwd, timeoutMs }, resolve, reject).begin(body);
   });
 }
 
@@ -123,10 +123,8 @@ class OneRun {
       });
     }
     if (this.spawnError) {
-      return new SandboxError(`could not start ${this.child.spawnfile}: ${this.spawnError.message}`, {
-        kind: 'InfrastructureError', cause: this.spawnError,
-        details: { fix: 'install the sandbox CLI or pass sandboxPath (e.g. [python, "-m", "sandbox"])' },
-      });
+      const { message, fix } = spawnFailure(this.child.spawnfile, this.options.cwd, this.spawnError);
+      return new SandboxError(message, { kind: 'InfrastructureError', cause: this.spawnError, details: { fix } });
     }
     if (!exit) {
       const how = this.child.signalCode ?? `exit code ${this.child.exitCode}`;

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { SandboxError } from './errors.js';
 import { decodeFrame, parseJson, stringifyJson } from './json.js';
-import { StderrTail, buildRequest, checkMs, commandLine, terminate } from './process.js';
+import { StderrTail, buildRequest, checkMs, commandLine, spawnFailure, terminate } from './process.js';
 
 const CANCEL_GRACE_MS = 30_000; // after a cancel, how long to wait for the server's answer
 const CLOSE_TIMEOUT_MS = 30_000;
@@ -24,6 +24,7 @@ class Connection {
     this.closing = false;
     this.gone = false;
     this.spawnError = null;
+    this.cwd = options.cwd;
     this.stderr = new StderrTail(this.child.stderr, options.onLog);
     this.exited = new Promise((resolve) => {
       this.child.on('close', (code, signal) => {
@@ -239,14 +240,17 @@ export class SandboxSession {
 
   #onGone(conn, code, signal) {
     const tail = conn.stderr.describe();
+    const failed = conn.spawnError && spawnFailure('sandbox serve', conn.cwd, conn.spawnError);
     for (const call of conn.pending.values()) {
       const error = conn.closing
         ? new SandboxError('the session was closed before the call was answered', { kind: 'Interrupted', runId: call.runId })
         : new SandboxError(
-            conn.spawnError
-              ? `could not start sandbox serve: ${conn.spawnError.message}`
-              : `sandbox serve ended unexpectedly (${signal ?? `exit code ${code}`}); the call was lost${tail}`,
-            { kind: 'InfrastructureError', runId: call.runId, details: { exitCode: code, signal, stderr: conn.stderr.text } },
+            failed ? failed.message : `sandbox serve ended unexpectedly (${signal ?? `exit code ${code}`}); the call was lost${tail}`,
+            {
+              kind: 'InfrastructureError',
+              runId: call.runId,
+              details: { exitCode: code, signal, stderr: conn.stderr.text, ...(failed && { fix: failed.fix }) },
+            },
           );
       this.#settle(call, error);
     }

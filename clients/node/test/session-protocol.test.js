@@ -159,6 +159,19 @@ test('bad arguments are rejected before anything is spawned', async () => {
   await session.close();
 });
 
+test('a missing working directory is named as such, not as a missing CLI', async () => {
+  const cwd = '/nonexistent/work-dir';
+  const err = await runTool('echo', {}, { sandboxPath: [process.execPath, FAKE_SERVE], cwd }).catch((e) => e);
+  assert.equal(err.kind, 'InfrastructureError');
+  assert.match(err.message, /the working directory \/nonexistent\/work-dir does not exist/);
+  assert.match(err.details.fix, /cwd/);
+  const session = fake({ cwd });
+  const lost = await session.run('echo').catch((e) => e);
+  assert.match(lost.message, /could not start sandbox serve: the working directory \/nonexistent\/work-dir does not exist/);
+  assert.match(lost.details.fix, /cwd/);
+  await session.close();
+});
+
 test('runTool reports a missing CLI as InfrastructureError with a fix', async () => {
   const err = await runTool('echo', {}, { sandboxPath: '/nonexistent/sandbox' }).catch((e) => e);
   assert.equal(err.kind, 'InfrastructureError');
