@@ -34,12 +34,12 @@ export function buildRequest(tool, request, cwd = process.cwd()) {
     throw new TypeError(`request.tool (${given.tool}) differs from tool (${tool})`);
   }
   const out = { ...given, tool };
+  // An empty path stays empty, an invalid request as for the CLI: never `cwd` itself.
+  const resolve = (p) => (typeof p === 'string' && p !== '' ? path.resolve(cwd, p) : p);
   if (out.inputs && typeof out.inputs === 'object' && !Array.isArray(out.inputs)) {
-    out.inputs = Object.fromEntries(
-      Object.entries(out.inputs).map(([name, p]) => [name, typeof p === 'string' ? path.resolve(cwd, p) : p]),
-    );
+    out.inputs = Object.fromEntries(Object.entries(out.inputs).map(([name, p]) => [name, resolve(p)]));
   }
-  if (typeof out.output_dir === 'string') out.output_dir = path.resolve(cwd, out.output_dir);
+  if ('output_dir' in out) out.output_dir = resolve(out.output_dir);
   return out;
 }
 

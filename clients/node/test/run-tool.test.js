@@ -2,6 +2,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { SandboxError, runTool } from '../index.js';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { assertDocker, containersOf, eventWaiter, needsDocker, pinnedPolicies, sandboxCommand, sandboxEnv } from '../testing/fixtures.js';
 
 describe('runTool with the real engine', needsDocker(), () => {
@@ -96,6 +99,21 @@ describe('runTool with the real engine', needsDocker(), () => {
     assert.match(unknownKey.message, /bogus: unknown key/);
     const badArgs = await runTool('testkit', { args: { case: 'echo', nope: 1 } }, options).catch((e) => e);
     assert.equal(badArgs.kind, 'InvalidRequest', badArgs.message);
+  });
+
+  test('an empty output_dir or input path is an invalid request, never the working directory', async () => {
+    const cwd = mkdtempSync(path.join(tmpdir(), 'sandbox-node-cwd-'));
+    try {
+      const output = await runTool('testkit', { args: { case: 'write_outputs' }, output_dir: '' }, { ...options, cwd }).catch((e) => e);
+      assert.equal(output.kind, 'InvalidRequest', output.message);
+      assert.match(output.message, /output_dir is empty/);
+      assert.deepEqual(readdirSync(cwd), []);
+      const input = await runTool('testkit', { args: { case: 'echo' }, inputs: { data: '' } }, { ...options, cwd }).catch((e) => e);
+      assert.equal(input.kind, 'InvalidRequest', input.message);
+      assert.match(input.message, /input 'data': path is empty/);
+    } finally {
+      rmSync(cwd, { recursive: true, force: true });
+    }
   });
 
   test('a tool without a policy is denied', async () => {
