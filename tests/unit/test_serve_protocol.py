@@ -326,6 +326,36 @@ def test_line_longer_than_the_limit_is_refused_without_buffering_it(client: Clie
     assert answer["result"][0]["tool"] == "testkit"
 
 
+def test_an_unreadable_line_is_answered_in_order_with_the_runs_around_it(
+    backend: FakeBackend,
+) -> None:
+    # A client matches an error with id null to the oldest run it has not seen announced
+    # (docs/serve.md, Framing): each run is announced before the next line is read.
+    client = Client(backend, max_concurrent=1)
+    try:
+        deep = b"[" * 100_000 + b"]" * 100_000
+        client.call("run", run_params("block"), id_=1)
+        client.send(
+            b'{"jsonrpc":"2.0","id":2,"method":"run","params":{"tool":"testkit","args":'
+            + deep
+            + b"}}"
+        )
+        client.send(b'{"pad":"' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}')
+        client.call("run", run_params("block"), id_=4)
+        seen = []
+        while len(seen) < 4:
+            message = client.next()
+            if message.get("method") == "run.assigned":
+                seen.append(message["params"]["id"])
+            elif "error" in message:
+                seen.append((message["id"], message["error"]["code"]))
+        assert seen == [1, (None, PARSE_ERROR), (None, INVALID_REQUEST), 4]
+        backend.release.set()
+        assert client.responses(2).keys() == {1, 4}
+    finally:
+        client.close()
+
+
 def test_blank_lines_and_notifications_get_no_answer(client: Client) -> None:
     client.send(b"")
     client.send(b"   ")
