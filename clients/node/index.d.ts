@@ -113,6 +113,9 @@ export interface ExitFrame extends Envelope {
   duration_s: number;
   outputs: OutputEntry[];
   refused: RefusedEntry[];
+  /** A failed run that had written outputs: the absolute path they were moved to
+   * (`.sandbox-failed/RUN_ID` beside output_dir, docs/protocol.md). Absent otherwise. */
+  partial_outputs?: string;
 }
 export type Frame =
   | AcceptedFrame
