@@ -165,7 +165,9 @@ export interface ProcessOptions {
 
 export interface CallOptions {
   /** Called with every frame of the run, in order, the exit frame last. Throwing stops the run. */
-  onEvent?: (frame: Frame) => void;
+  /** Every frame, in order. A throw or a rejected returned promise rejects the call, which
+   * settles only after the promises it returned. */
+  onEvent?: (frame: Frame) => void | Promise<void>;
   /** Aborting stops the run (container removed) and rejects with kind 'Interrupted'. */
   signal?: AbortSignal;
   /** Client-side deadline: the run is stopped and the call rejects with kind 'Timeout'. */

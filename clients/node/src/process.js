@@ -104,6 +104,33 @@ export function terminate(child, graceMs = KILL_GRACE_MS) {
   child.once('exit', () => clearTimeout(timer));
 }
 
+/** What an onEvent handler threw (or its promise rejected with), whatever its type. */
+export class HandlerFailure {
+  constructor(thrown) {
+    this.thrown = thrown;
+  }
+}
+
+/**
+ * Calls `onEvent(frame)`. A throw, or a rejection of the promise it returns, is passed to
+ * `fail` as a HandlerFailure (never an unhandled rejection). Returns the handler's promise,
+ * settled either way, for the call to wait on before it settles, or undefined.
+ */
+export function callHandler(onEvent, frame, fail) {
+  let returned;
+  try {
+    returned = onEvent(frame);
+  } catch (err) {
+    fail(new HandlerFailure(err));
+    return undefined;
+  }
+  if (typeof returned?.then !== 'function') return undefined;
+  return Promise.resolve(returned).then(
+    () => {},
+    (err) => fail(new HandlerFailure(err)),
+  );
+}
+
 /** Checks a positive finite number of milliseconds (or undefined). */
 export function checkMs(name, value) {
   if (value === undefined || value === null) return undefined;

@@ -4,7 +4,9 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { SandboxError } from './errors.js';
 import { decodeFrame, parseJson } from './json.js';
-import { StderrTail, buildRequest, checkMs, commandLine, encodeRequest, spawnFailure, terminate } from './process.js';
+import {
+  HandlerFailure, StderrTail, buildRequest, callHandler, checkMs, commandLine, encodeRequest, spawnFailure, terminate,
+} from './process.js';
 
 /**
  * Runs `tool` once. Resolves with the exit frame (plus `result`, the decoded payload of the
@@ -42,7 +44,8 @@ class OneRun {
     this.errors = [];
     this.exit = null;
     this.result = undefined;
-    this.stopReason = null; // 'timeout' | 'aborted' | an Error thrown by onEvent
+    this.stopReason = null; // 'timeout' | 'aborted' | a HandlerFailure (what onEvent threw)
+    this.handlers = []; // the promises onEvent returned: the call settles after them
     this.spawnError = null;
     this.pending = 2; // the stdout reader and the process must both be done
     this.stderr = new StderrTail(child.stderr, options.onLog);
@@ -80,11 +83,8 @@ class OneRun {
     if (frame.type === 'result') this.result = frame.payload;
     if (frame.type === 'exit') this.exit = frame;
     if (!this.options.onEvent) return;
-    try {
-      this.options.onEvent(frame);
-    } catch (err) {
-      this.stop(err);
-    }
+    const pending = callHandler(this.options.onEvent, frame, (failure) => this.stop(failure));
+    if (pending) this.handlers.push(pending);
   }
 
   stop(reason) {
@@ -98,6 +98,15 @@ class OneRun {
     if (this.pending > 0) return;
     clearTimeout(this.timer);
     this.options.signal?.removeEventListener('abort', this.onAbort);
+    if (this.handlers.length) Promise.all(this.handlers).then(() => this.settle());
+    else this.settle();
+  }
+
+  settle() {
+    if (this.stopReason instanceof HandlerFailure) {
+      this.reject(this.stopReason.thrown);
+      return;
+    }
     try {
       const outcome = this.outcome();
       if (outcome instanceof Error) this.reject(outcome);
@@ -110,7 +119,6 @@ class OneRun {
   outcome() {
     const { exit, stopReason } = this;
     const runId = exit?.run_id ?? null;
-    if (stopReason instanceof Error) return stopReason;
     if (stopReason === 'timeout') {
       const ms = this.options.timeoutMs;
       return new SandboxError(`no result within timeoutMs (${ms} ms); the run was stopped`, {

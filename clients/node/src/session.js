@@ -5,7 +5,9 @@ import { spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { SandboxError } from './errors.js';
 import { decodeFrame, parseJson, stringifyJson } from './json.js';
-import { StderrTail, buildRequest, checkMs, commandLine, spawnFailure, terminate } from './process.js';
+import {
+  HandlerFailure, StderrTail, buildRequest, callHandler, checkMs, commandLine, spawnFailure, terminate,
+} from './process.js';
 
 const CANCEL_GRACE_MS = 30_000; // after a cancel, how long to wait for the server's answer
 const CLOSE_TIMEOUT_MS = 30_000;
@@ -102,7 +104,7 @@ export class SandboxSession {
       );
     }
     return new Promise((resolve, reject) => {
-      const call = { kind: 'run', resolve, reject, onEvent, signal, timeoutMs, errors: [], result: undefined };
+      const call = { kind: 'run', resolve, reject, onEvent, signal, timeoutMs, errors: [], result: undefined, handlers: [] };
       call.runId = null;
       call.stop = null;
       this.#send('run', params, call);
@@ -218,11 +220,8 @@ export class SandboxSession {
     if (frame.type === 'error') call.errors.push(frame);
     if (frame.type === 'result') call.result = frame.payload;
     if (!call.onEvent) return;
-    try {
-      call.onEvent(frame);
-    } catch (err) {
-      this.#stopRun(call, err);
-    }
+    const pending = callHandler(call.onEvent, frame, (failure) => this.#stopRun(call, failure));
+    if (pending) call.handlers.push(pending);
   }
 
   #onResponse(conn, message) {
@@ -231,8 +230,13 @@ export class SandboxSession {
     if (message.error) {
       this.#settle(call, SandboxError.fromRpc(message.error, { runId: call.runId ?? null }));
     } else if (call.kind === 'run') {
-      const error = runOutcome(call, message.result);
-      this.#settle(call, error, error ? undefined : { ...message.result, result: call.result });
+      // The run has ended; the call settles once the promises onEvent returned have.
+      const answer = () => {
+        const error = runOutcome(call, message.result);
+        this.#settle(call, error, error ? undefined : { ...message.result, result: call.result });
+      };
+      if (call.handlers.length) Promise.all(call.handlers).then(answer);
+      else answer();
     } else {
       this.#settle(call, undefined, message.result);
     }
@@ -274,7 +278,8 @@ export class SandboxSession {
     call.signal?.removeEventListener('abort', call.onAbort);
     call.conn?.pending.delete(call.id);
     if (call.runId) call.conn?.runs.delete(call.runId);
-    if (error) call.reject(error);
+    if (error instanceof HandlerFailure) call.reject(error.thrown);
+    else if (error) call.reject(error);
     else call.resolve(value);
   }
 }
@@ -293,14 +298,14 @@ function unreadRun(conn) {
 // What a run's answer (its exit frame) means for the caller's promise.
 function runOutcome(call, exit) {
   // A throw from onEvent rejects the call even when the run got to its end before the cancel.
-  if (call.stop instanceof Error || (call.stop && exit?.status !== 'ok')) return stopError(call, exit);
+  if (call.stop instanceof HandlerFailure || (call.stop && exit?.status !== 'ok')) return stopError(call, exit);
   if (exit?.status === 'ok') return null;
   return SandboxError.fromRun(exit ?? { status: 'infrastructure_error' }, call.errors);
 }
 
 function stopError(call, exit) {
   const runId = call.runId;
-  if (call.stop instanceof Error) return call.stop;
+  if (call.stop instanceof HandlerFailure) return call.stop;
   if (call.stop === 'timeout') {
     return new SandboxError(`no result within timeoutMs (${call.timeoutMs} ms); the run was cancelled`, {
       kind: 'Timeout', runId, exit, details: { timeoutMs: call.timeoutMs },

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { SandboxError, SandboxSession, runTool } from '../index.js';
-import { FAKE_SERVE } from '../testing/fixtures.js';
+import { FAKE_RUN, FAKE_SERVE } from '../testing/fixtures.js';
 
 const fake = (options = {}) => new SandboxSession({ sandboxPath: [process.execPath, FAKE_SERVE], ...options });
 
@@ -97,6 +97,60 @@ test('an error thrown by onEvent rejects the call even when the run then ends ok
     await session.close();
   }
 });
+
+// Both ways of running, each against its scripted stand-in.
+const runners = {
+  session: async (onEvent) => {
+    const session = fake();
+    try {
+      return await session.run('echo', {}, { onEvent });
+    } finally {
+      await session.close();
+    }
+  },
+  runTool: (onEvent) => runTool('echo', {}, { sandboxPath: [process.execPath, FAKE_RUN], onEvent }),
+};
+
+for (const [name, run] of Object.entries(runners)) {
+  test(`${name}: a promise onEvent returns that rejects rejects the call (no unhandled rejection)`, async () => {
+    const unhandled = [];
+    const onUnhandled = (reason) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      for (const type of ['accepted', 'result', 'exit']) {
+        const boom = new Error(`async handler failed on ${type}`);
+        const outcome = await run(async (f) => {
+          await new Promise((r) => setTimeout(r, 20));
+          if (f.type === type) throw boom;
+        }).then(() => 'resolved', (e) => e);
+        assert.equal(outcome, boom);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
+  test(`${name}: the call settles only after the promises onEvent returned`, async () => {
+    const handled = [];
+    const exit = await run(async (f) => {
+      await new Promise((r) => setTimeout(r, 30));
+      handled.push(f.type);
+    });
+    assert.equal(exit.status, 'ok');
+    assert.deepEqual(handled, ['accepted', 'result', 'exit']);
+  });
+
+  test(`${name}: what onEvent throws is what the call rejects with, whatever its type`, async () => {
+    for (const thrown of ['timeout', 'aborted', 0, undefined, { code: 7 }]) {
+      const outcome = await run((f) => {
+        if (f.type === 'result') throw thrown;
+      }).then(() => 'resolved', (e) => ({ rejected: e }));
+      assert.deepEqual(outcome, { rejected: thrown });
+    }
+  });
+}
 
 test('a crashed server rejects calls in flight and is started again for the next call', async () => {
   const session = fake();

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const FAKE_SERVE = fileURLToPath(new URL('./fake-serve.js', import.meta.url));
+export const FAKE_RUN = fileURLToPath(new URL('./fake-run.js', import.meta.url));
 
 /** How to run the sandbox CLI: $SANDBOX_CLI (a JSON argv or a path), the repo's venv, or PATH. */
 export function sandboxCommand() {
