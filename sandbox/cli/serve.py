@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, BinaryIO
@@ -99,13 +100,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..docker_runtime import DockerRuntime
     from ..pool import BackgroundRemover, StartGate, WarmPool
     from ..serve import DEFAULT_QUEUE, ServeOptions, Server, default_max_concurrent
-    from . import _reap_quietly, audit_log, policy_dir
+    from . import audit_log, policy_dir
 
     runtime = DockerRuntime()
     # The same audit log as `sandbox run`: a run through the server is audited like any other.
     coordinator = Coordinator(runtime=runtime, policy_dir=policy_dir(args), audit=audit_log(args))
-    # Containers of a server that crashed (its owner pid is gone) are removed before serving.
-    _reap_quietly(coordinator)
     # Removal of exited containers and the warm pool's refills run off the runs' critical path
     # (docs/performance.md); both are emptied before the process exits.
     gate = StartGate()
@@ -115,7 +114,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime, owner=coordinator.owner, remover=remover, gate=gate, max_total=args.pool_max
     )
     coordinator.remover, coordinator.pool, coordinator.start_gate = remover, pool, gate
-    _prewarm(coordinator, pool)
+    # Beside the server, not before it: an engine that is slow to answer (or never does) must
+    # not keep `health`, `tools` or a stop from being answered, and every engine call of this
+    # start-up may wait minutes. The reap removes the containers of servers that crashed (their
+    # owner is gone); it spares live owners, so runs may start meanwhile.
+    threading.Thread(
+        target=_start_up, args=(coordinator, pool), name="serve-start-up", daemon=True
+    ).start()
     options = ServeOptions(
         max_concurrent=args.max_concurrent or default_max_concurrent(hostcheck.snapshot()),
         queue_max=DEFAULT_QUEUE if args.queue is None else args.queue,
@@ -135,6 +140,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         pool.close()
         remover.close(timeout_s=args.shutdown_grace + 30)
+
+
+def _start_up(coordinator: Any, pool: Any) -> None:
+    from . import _reap_quietly
+
+    _reap_quietly(coordinator)
+    _prewarm(coordinator, pool)
 
 
 def _prewarm(coordinator: Any, pool: Any) -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -168,3 +169,30 @@ def test_server_keeps_stray_output_off_the_channel(serve: ServeProcess) -> None:
     answers, notes = serve.responses({rpc_id})
     assert all(n["jsonrpc"] == "2.0" for n in notes)
     assert answers[rpc_id]["result"]["status"] == "ok"
+
+
+def test_a_new_server_removes_the_containers_of_a_killed_coordinator(
+    testkit_policies: PolicyDir, docker_client: Any
+) -> None:
+    # The start-up reap runs beside the server (an engine slow to answer must not hold calls).
+    argv = [sys.executable, "-m", "sandbox", "--policies", str(testkit_policies.path), "run"]
+    argv += ["testkit", "--args", '{"case": "sleep", "seconds": 60}']
+    victim = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    assert victim.stdout is not None
+    victim_run = json.loads(victim.stdout.readline())["run_id"]
+    victim.stdout.readline()  # started: its container exists
+    victim.kill()
+    victim.communicate(timeout=TIMEOUT)
+    assert len(containers_for_run(docker_client, victim_run)) == 1
+
+    server = ServeProcess(testkit_policies)
+    try:
+        found, _ = server.responses({server.call("tools")})
+        assert found
+        deadline = time.monotonic() + TIMEOUT
+        while containers_for_run(docker_client, victim_run) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert containers_for_run(docker_client, victim_run) == []
+        assert server.close() == 0
+    finally:
+        server.dispose()

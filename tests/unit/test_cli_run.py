@@ -184,3 +184,44 @@ def test_an_ignored_signal_stays_ignored() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"[]\n"
+
+
+def test_serve_answers_at_once_while_the_engine_never_does(tmp_path: Path) -> None:
+    """An engine that accepts connections and never answers (hung dockerd) used to hold the
+    server in its start-up reap for minutes before it read a single call; the reap and the
+    pool's priming now run beside it."""
+    import socket
+
+    address = str(tmp_path / "hung.sock")
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(address)
+    hung.listen(16)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "testkit.yaml").write_bytes((ROOT / "policies" / "testkit.yaml").read_bytes())
+    env = {
+        **os.environ,
+        "DOCKER_HOST": f"unix://{address}",
+        "SANDBOX_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
+    }
+    argv = [sys.executable, "-m", "sandbox", "--policies", str(policies), "serve"]
+    calls = [{"jsonrpc": "2.0", "id": 1, "method": "tools"}]
+    calls.append({"jsonrpc": "2.0", "id": 2, "method": "shutdown"})
+    try:
+        # Far below the engine client's 60 s per call, let alone its retries.
+        done = subprocess.run(
+            argv,
+            input=b"".join(json.dumps(c).encode() + b"\n" for c in calls),
+            capture_output=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        hung.close()
+    code = done.returncode
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert code == 0
+    by_id = {a["id"]: a for a in answers if "id" in a}
+    assert [tool["tool"] for tool in by_id[1]["result"]] == ["testkit"]
+    assert by_id[2]["result"] == {}
