@@ -296,7 +296,10 @@ def _copy_tree(stage: OutputStaging, manifest: Manifest, fresh: Path) -> list[di
         (fresh / rel).mkdir(mode=0o755)
     refused_paths = {r["path"] for r in manifest.refused}
     for rel, _ in manifest.files:
-        if any(rel.startswith(p + "/") for p in refused_paths):
+        # A set lookup per ancestor, not a scan of every refused path per file: a script can
+        # leave 100,000 entries, and that scan was quadratic.
+        parents = rel.split("/")[:-1]
+        if any("/".join(parents[: i + 1]) in refused_paths for i in range(len(parents))):
             continue
         src_mode = os.lstat(stage.staging / rel).st_mode
         size, sha = _copy_hashing(stage.staging / rel, fresh / rel, bool(src_mode & 0o111))
