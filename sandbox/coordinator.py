@@ -36,6 +36,7 @@ from .policy import LoadedPolicy, PolicyCache, authorize, effective_timeout
 from .request import Request
 from .runtime import Attachment, ContainerRuntime, ExitState, ResourceUsage
 from .spec import (
+    FRAME_OVERHEAD_BYTES,
     INPUTS_DIR,
     LABEL_DEADLINE,
     LABEL_OWNER_HOST,
@@ -511,7 +512,9 @@ class Coordinator:
         if outcome.status == "ok":
             try:
                 outcome.outputs, outcome.refused = staging.publish(
-                    stage, loaded.policy.output.max_mb * 1024 * 1024
+                    stage,
+                    loaded.policy.output.max_mb * 1024 * 1024,
+                    max_listing_bytes=loaded.policy.limits.frame_kb * 1024 - FRAME_OVERHEAD_BYTES,
                 )
                 return
             except SandboxError as exc:

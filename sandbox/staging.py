@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -308,19 +309,38 @@ def _copy_tree(stage: OutputStaging, manifest: Manifest, fresh: Path) -> list[di
     return outputs
 
 
+def listing_bytes(manifest: Manifest) -> int:
+    """How many bytes the exit frame's ``outputs`` and ``refused`` lists take, encoded as frames
+    are (a file's sha256 is always 64 hex digits)."""
+    outputs = [{"path": rel, "bytes": size, "sha256": "0" * 64} for rel, size in manifest.files]
+    text = json.dumps([outputs, manifest.refused], ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8", "replace"))
+
+
 def publish(
-    stage: OutputStaging, max_bytes: int
+    stage: OutputStaging, max_bytes: int, *, max_listing_bytes: int
 ) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
     """Copy the survey's files into output_dir atomically; return (outputs, refused).
 
     Copies rather than renames so that every published file is a new inode owned by the
-    invoking user, with no setuid bits and no link back into the staging tree.
+    invoking user, with no setuid bits and no link back into the staging tree. Refused (nothing
+    published) when the outputs are over ``max_bytes``, or too many to list in the exit frame:
+    its lists may take ``max_listing_bytes``, so that it stays within the frame line limit.
     """
     manifest = survey(stage.staging)
     total = sum(size for _, size in manifest.files)
     if total > max_bytes:
         msg = f"outputs total {total} bytes, over the policy's {max_bytes}"
         raise ResourceLimit(msg, limit="output.max_mb")
+    listing = listing_bytes(manifest)
+    if listing > max_listing_bytes:
+        msg = (
+            f"{len(manifest.files)} files and {len(manifest.refused)} refused entries take "
+            f"{listing} bytes to list, over the {max_listing_bytes} bytes the exit frame has "
+            "room for under the frame line limit (limits.frame_kb); write fewer, larger files "
+            "(an archive, say)"
+        )
+        raise ResourceLimit(msg, limit="frame_kb")
     fresh = stage.staging.parent / f"{stage.run_id}.publish"
     fresh.mkdir(mode=0o755)
     try:

@@ -375,3 +375,26 @@ def test_an_audit_record_that_cannot_be_encoded_still_ends_the_run_with_an_exit_
     assert types(frames)[-2:] == ["error", "exit"]
     assert frames[-1]["status"] == "infrastructure_error"
     assert "audit record not written" in frames[-2]["error"]["message"]
+
+
+def test_outputs_too_many_to_list_within_the_frame_limit_are_not_published(
+    write_policy: Callable[..., Path], run: Run, tmp_path: Path
+) -> None:
+    # The exit frame lists every output; 100 files broke a 4 KiB frame limit (a script can
+    # leave 100,000 entries: a 12 MB exit line against the contract's 1 MiB).
+    limits = {"timeout_s": 10, "memory_mb": 128, "tmpfs_mb": 16, "frame_kb": 4}
+    write_policy(limits=limits)
+    out = tmp_path / "out"
+    writes = {f"file-{i:03}.csv": "x" for i in range(100)}
+    frames = run(FakeContainer(writes=writes), output_dir=str(out))
+    assert frames[-1]["status"] == "resource_limit"
+    assert "frame_kb" in frames[-2]["error"]["message"]
+    assert frames[-1]["outputs"] == []
+    assert not out.exists()
+    assert len(list(Path(frames[-1]["partial_outputs"]).iterdir())) == 100
+    assert all(len(json.dumps(f, ensure_ascii=False)) < 4096 for f in frames)
+    # Within the limit, the same tool publishes.
+    fewer = {f"file-{i:03}.csv": "x" for i in range(20)}
+    frames = run(FakeContainer(writes=fewer), output_dir=str(tmp_path / "out2"))
+    assert frames[-1]["status"] == "ok"
+    assert len(frames[-1]["outputs"]) == 20

@@ -3,6 +3,7 @@ private directories beside the output directory cannot be someone else's."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from sandbox import staging
-from sandbox.errors import InvalidRequest
+from sandbox.errors import InvalidRequest, ResourceLimit
+
+LISTING = 16 << 20
 
 
 @pytest.fixture
@@ -26,7 +29,7 @@ def test_a_name_that_is_not_utf8_is_refused_not_a_crash(stage: staging.OutputSta
     Path(os.fsdecode(root + b"/dir\xfe")).mkdir()
     Path(os.fsdecode(root + b"/dir\xfe/inner.txt")).write_text("y")
     (stage.staging / "good.txt").write_text("ok")
-    outputs, refused = staging.publish(stage, 1 << 20)
+    outputs, refused = staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
     assert [o["path"] for o in outputs] == ["good.txt"]
     assert refused == [
         {"path": "bad\ufffd.txt", "reason": "name is not valid UTF-8"},
@@ -40,7 +43,7 @@ def test_entries_nested_too_deep_are_refused_not_dropped(stage: staging.OutputSt
     deep.mkdir(parents=True)
     (deep / "bottom.txt").write_text("x")
     (stage.staging / "top.txt").write_text("y")
-    outputs, refused = staging.publish(stage, 1 << 20)
+    outputs, refused = staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
     assert [o["path"] for o in outputs] == ["top.txt"]
     too_deep = "/".join(["d"] * (staging.MAX_DEPTH + 1))
     assert refused == [
@@ -102,7 +105,7 @@ def test_a_staging_tree_left_behind_after_publishing_does_not_undo_the_publish(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(staging, "discard", cannot)
-    outputs, _ = staging.publish(stage, 1 << 20)
+    outputs, _ = staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
     assert [o["path"] for o in outputs] == ["a.csv"]
     assert (stage.output_dir / "a.csv").read_text() == "x,y\n"
 
@@ -123,7 +126,24 @@ def test_publishing_many_files_beside_many_refused_entries_takes_linear_time(
         (stage.staging / f"f{i}").touch()
         (stage.staging / f"l{i}").symlink_to("/etc/passwd")
     began = time.monotonic()
-    outputs, refused = staging.publish(stage, 1 << 20)
+    outputs, refused = staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
     elapsed = time.monotonic() - began
     assert (len(outputs), len(refused)) == (count, count)
     assert elapsed < 10, f"publishing took {elapsed:.1f}s"
+
+
+def test_outputs_too_many_to_list_in_the_exit_frame_are_refused_whole(
+    stage: staging.OutputStaging,
+) -> None:
+    for i in range(50):
+        (stage.staging / f"f{i}").write_text("x")
+        (stage.staging / f"l{i}").symlink_to("/etc/passwd")
+    manifest = staging.survey(stage.staging)
+    needed = staging.listing_bytes(manifest)
+    with pytest.raises(ResourceLimit, match="frame_kb"):
+        staging.publish(stage, 1 << 20, max_listing_bytes=needed - 1)
+    assert not stage.output_dir.exists()
+    outputs, refused = staging.publish(stage, 1 << 20, max_listing_bytes=needed)
+    assert (len(outputs), len(refused)) == (50, 50)
+    listed = json.dumps([outputs, refused], ensure_ascii=False, separators=(",", ":"))
+    assert len(listed.encode()) == needed
