@@ -24,6 +24,9 @@ STAGING_DIRNAME = ".sandbox-staging"
 FAILED_DIRNAME = ".sandbox-failed"
 MAX_OUTPUT_ENTRIES = 100_000
 MAX_DEPTH = 64
+# Well under PATH_MAX (4096) once the staging and publish directories are in front: a longer
+# path could not be opened by name on the host, and publishing would fail half way.
+MAX_PATH_BYTES = 1024
 _COPY_CHUNK = 1024 * 1024
 # A read-only bind mount does not stop connect() on a unix socket inside it.
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/containerd/containerd.sock")
@@ -228,6 +231,7 @@ _REFUSED_KINDS = (
 
 _TOO_DEEP = f"directory nested more than {MAX_DEPTH} levels deep"
 _NOT_UTF8 = "name is not valid UTF-8"
+_TOO_LONG = f"path longer than {MAX_PATH_BYTES} bytes"
 
 
 def _walk(
@@ -245,6 +249,8 @@ def _walk(
             yield shown(path), st, _NOT_UTF8
         elif stat.S_ISDIR(st.st_mode) and depth >= MAX_DEPTH:
             yield path, st, _TOO_DEEP
+        elif len(path.encode()) > MAX_PATH_BYTES:
+            yield path, st, _TOO_LONG
         else:
             yield path, st, None
             if stat.S_ISDIR(st.st_mode):
