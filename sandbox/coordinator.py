@@ -193,8 +193,7 @@ class Watchdog:
                 self.trip("timeout")
             elif self._stage is not None and now >= next_measure:
                 next_measure = now + self._output_poll_s
-                used = staging.measure(self._stage.staging)
-                if used.bytes > self._max_output or used.entries > staging.MAX_OUTPUT_ENTRIES:
+                if staging.measure(self._stage.staging).over(self._max_output):
                     self.trip("output")
             if self.reason is not None and self._tripped_at is None:
                 self._kill_now()
@@ -668,7 +667,8 @@ def _classify(
         outcome.fail(
             ResourceLimit(
                 f"the tool wrote more than {loaded.policy.output.max_mb} MiB (or "
-                f"{staging.MAX_OUTPUT_ENTRIES} entries) to the output directory",
+                f"{staging.MAX_OUTPUT_ENTRIES} entries, or paths too long for the host to "
+                "measure) to the output directory",
                 limit="output.max_mb",
             )
         )

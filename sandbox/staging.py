@@ -7,6 +7,7 @@ directory. Nothing here follows a link the script made.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -190,24 +191,41 @@ def prepare_output(output_dir: Path, run_id: str) -> OutputStaging:
 class Usage:
     bytes: int
     entries: int
+    # Entries whose host path is too long to open by name: their size is unknown.
+    unmeasured: bool = False
+
+    def over(self, max_bytes: int) -> bool:
+        """Past the output limits, or hiding part of the tree from the count."""
+        return self.bytes > max_bytes or self.entries > MAX_OUTPUT_ENTRIES or self.unmeasured
 
 
 def measure(root: Path) -> Usage:
-    """Bytes and entries under root, without following links (for the size watchdog)."""
+    """Bytes and entries under root, without following links (for the size watchdog).
+
+    A directory or file nested past PATH_MAX cannot be opened by name: a script could fill the
+    disk below such a path unseen, so it makes the usage ``unmeasured``. An entry that vanishes
+    while it is counted is skipped, not the rest of its directory."""
     total = entries = 0
+    unmeasured = False
     stack = [str(root)]
-    while stack and entries <= MAX_OUTPUT_ENTRIES:
+    while stack and entries <= MAX_OUTPUT_ENTRIES and not unmeasured:
         try:
             with os.scandir(stack.pop()) as it:
                 for entry in it:
                     entries += 1
-                    st = entry.stat(follow_symlinks=False)
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        unmeasured = exc.errno == errno.ENAMETOOLONG
+                        if unmeasured:
+                            break
+                        continue
                     total += st.st_blocks * 512 if st.st_blocks else st.st_size
                     if stat.S_ISDIR(st.st_mode):
                         stack.append(entry.path)
-        except OSError:
-            continue
-    return Usage(bytes=total, entries=entries)
+        except OSError as exc:
+            unmeasured = exc.errno == errno.ENAMETOOLONG
+    return Usage(bytes=total, entries=entries, unmeasured=unmeasured)
 
 
 # --- publishing -------------------------------------------------------------------------------

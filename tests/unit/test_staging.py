@@ -173,3 +173,34 @@ def test_paths_too_long_to_open_on_the_host_are_refused_not_an_infrastructure_er
             "reason": f"path longer than {staging.MAX_PATH_BYTES} bytes",
         }
     ]
+
+
+def _deep_tree(root: Path, levels: int) -> int:
+    """``levels`` nested 254-byte directory names under root; an fd of the deepest."""
+    fd = os.open(root, os.O_RDONLY)
+    for i in range(levels):
+        name = f"d{i:02}" + "x" * 251
+        os.mkdir(name, dir_fd=fd)
+        inner = os.open(name, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    return fd
+
+
+def test_the_output_watchdog_is_not_blind_below_paths_too_long_to_open(
+    stage: staging.OutputStaging,
+) -> None:
+    # A script wrote 210 MB under an 8 MB output limit, nested past PATH_MAX, and the run
+    # ended ok: the watchdog's scan skipped what it could not open by name.
+    fd = _deep_tree(stage.staging, 20)
+    big = os.open("big", os.O_WRONLY | os.O_CREAT, dir_fd=fd)
+    os.write(big, b"z" * (2 << 20))
+    os.close(big)
+    os.close(fd)
+    used = staging.measure(stage.staging)
+    assert used.unmeasured
+    assert used.over(1 << 20)
+    assert not staging.measure(stage.staging.parent / "elsewhere").over(1 << 20)
+    (stage.staging.parent / "shallow").mkdir()
+    (stage.staging.parent / "shallow" / "small").write_text("x")
+    assert not staging.measure(stage.staging.parent / "shallow").over(1 << 20)
