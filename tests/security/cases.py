@@ -27,6 +27,24 @@ def _t(case: str, *flags: str, cost: int = 1, **args: Any) -> Case:
 
 DEADLINE = ("--timeout", "3")
 
+# The "exec" policy runs ``args.message`` as Python (the testkit image, another command): attacks
+# the image's cases do not cover, without rebuilding the image.
+EXEC_RUNNER = "import sys,json;r=json.loads(sys.stdin.readline());exec(r['args']['message'])"
+
+
+def _py(code: str, *flags: str, cost: int = 1) -> Case:
+    return Case(args={"message": code}, flags=flags, policy="exec", cost=cost)
+
+
+# Directories nested past PATH_MAX (20 names of 253 bytes), entered by relative chdir.
+_PAST_PATH_MAX = (
+    "import os,json\n"
+    "os.chdir('/output')\n"
+    "for i in range(20):\n"
+    "    n = 'd%02d' % i + 'x' * 250\n"
+    "    os.mkdir(n); os.chdir(n)\n"
+)
+
 CASES: dict[str, Case] = {
     # --- resources ---------------------------------------------------------------------------
     "fork_bomb": _t("forkbomb", cost=3),
@@ -73,6 +91,29 @@ CASES: dict[str, Case] = {
     # --- outputs -----------------------------------------------------------------------------
     "output_link_tricks": _t("link_tricks", "--output", "{out}", "--input", "data={data}"),
     "output_links_fifo_hardlink": _t("write_outputs", "--output", "{out}"),
+    # 30 files of 7 MiB (each under fsize) below paths the host cannot open by name.
+    "output_fill_past_path_max": _py(
+        _PAST_PATH_MAX + "for f in range(30):\n"
+        "    with open(f'f{f}', 'wb') as fh:\n"
+        "        for _ in range(7): fh.write(b'z' * (1 << 20))\n"
+        "import time; time.sleep(2)\n",
+        "--output",
+        "{out}",
+        cost=3,
+    ),
+    "output_path_past_path_max": _py(
+        _PAST_PATH_MAX + "open('deep.txt', 'w').write('x')\n"
+        "open('/output/top.txt', 'w').write('y')\n",
+        "--output",
+        "{out}",
+    ),
+    # 4,000 names of 240 bytes: a listing of about 1.2 MB, over the 1 MiB frame line limit.
+    "output_listing_over_frame_limit": _py(
+        "for i in range(4000): open('/output/%04d' % i + 'y' * 236, 'w').close()\n",
+        "--output",
+        "{out}",
+        cost=2,
+    ),
     # --- requests (refused before any container) ---------------------------------------------
     "input_dotdot": _t("echo", "--input", "data={data}/../.."),
     "input_tilde": _t("echo", "--input", "data=~"),

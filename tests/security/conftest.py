@@ -29,7 +29,7 @@ import yaml
 from sandbox.request import loads_strict
 from tests.conftest import POLICIES, ROOT, image_id
 
-from .cases import CASES, HOSTILE_POLICIES, Case
+from .cases import CASES, EXEC_RUNNER, HOSTILE_POLICIES, Case
 
 RUNTIMES = [
     pytest.param("runc", id="runc"),
@@ -154,6 +154,9 @@ class SecurityEnv:
             text = yaml.safe_dump(data, sort_keys=False)
         elif variant == "roomy":
             data["limits"]["memory_mb"] = 512
+            text = yaml.safe_dump(data, sort_keys=False)
+        elif variant == "exec":
+            data["command"] = ["python3", "-c", EXEC_RUNNER]
             text = yaml.safe_dump(data, sort_keys=False)
         elif variant == "huge_memory":
             data["limits"]["memory_mb"] = 1024 * 1024

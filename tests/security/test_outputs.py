@@ -61,3 +61,41 @@ def test_symlink_fifo_and_in_tree_hardlink(security_env: SecurityEnv) -> None:
         del expected["pipe"]  # the FIFO stays inside gVisor (see above)
     assert {r["path"]: r["reason"] for r in exit_frame["refused"]} == expected
     assert_host_invariants(security_env, result)
+
+
+def test_a_fill_hidden_past_path_max_is_stopped_and_nothing_published(
+    security_env: SecurityEnv,
+) -> None:
+    # The watchdog's scan once skipped what it could not open by name: 210 MiB under an 8 MiB
+    # limit, and the run ended ok.
+    result = security_env.result("output_fill_past_path_max")
+    exit_frame = assert_exit(result, "resource_limit", 5)
+    assert "output directory" in result.errors[-1]["message"]
+    assert exit_frame["outputs"] == []
+    assert result.output_dir is not None
+    assert not result.output_dir.exists()
+    assert_host_invariants(security_env, result)
+
+
+def test_a_path_past_path_max_is_refused_not_an_infrastructure_error(
+    security_env: SecurityEnv,
+) -> None:
+    result = security_env.result("output_path_past_path_max")
+    exit_frame = assert_exit(result, "ok", 0)
+    assert [o["path"] for o in exit_frame["outputs"]] == ["top.txt"]
+    [refused] = exit_frame["refused"]
+    assert refused["reason"] == "path longer than 1024 bytes"
+    assert_host_invariants(security_env, result)
+
+
+def test_outputs_too_many_to_list_in_one_frame_are_not_published(
+    security_env: SecurityEnv,
+) -> None:
+    result = security_env.result("output_listing_over_frame_limit")
+    exit_frame = assert_exit(result, "resource_limit", 5)
+    assert "frame_kb" in result.errors[-1]["message"]
+    assert exit_frame["outputs"] == []
+    assert all(len(line) + 1 <= 1024 * 1024 for line in result.stdout.splitlines())
+    assert result.output_dir is not None
+    assert not result.output_dir.exists()
+    assert_host_invariants(security_env, result)
