@@ -351,6 +351,13 @@ def publish(
     published) when the outputs are over ``max_bytes``, or too many to list in the exit frame:
     its lists may take ``max_listing_bytes``, so that it stays within the frame line limit.
     """
+    if measure(stage.staging).unmeasured:
+        # As the watchdog would have said had it looked: what lies past PATH_MAX is unknown.
+        msg = (
+            "the output directory holds paths longer than the host can open (PATH_MAX), "
+            "hiding how much was written"
+        )
+        raise ResourceLimit(msg, limit="output.max_mb")
     manifest = survey(stage.staging)
     total = sum(size for _, size in manifest.files)
     if total > max_bytes:

@@ -36,14 +36,17 @@ def _py(code: str, *flags: str, cost: int = 1) -> Case:
     return Case(args={"message": code}, flags=flags, policy="exec", cost=cost)
 
 
-# Directories nested past PATH_MAX (20 names of 253 bytes), entered by relative chdir.
-_PAST_PATH_MAX = (
-    "import os,json\n"
-    "os.chdir('/output')\n"
-    "for i in range(20):\n"
-    "    n = 'd%02d' % i + 'x' * 250\n"
-    "    os.mkdir(n); os.chdir(n)\n"
-)
+def _nested(levels: int) -> str:
+    """Python entering ``levels`` nested directories of 253-byte names under /output, by
+    relative chdir (so past PATH_MAX too)."""
+    return (
+        "import os\n"
+        "os.chdir('/output')\n"
+        f"for i in range({levels}):\n"
+        "    n = 'd%02d' % i + 'x' * 250\n"
+        "    os.mkdir(n); os.chdir(n)\n"
+    )
+
 
 CASES: dict[str, Case] = {
     # --- resources ---------------------------------------------------------------------------
@@ -93,7 +96,7 @@ CASES: dict[str, Case] = {
     "output_links_fifo_hardlink": _t("write_outputs", "--output", "{out}"),
     # 30 files of 7 MiB (each under fsize) below paths the host cannot open by name.
     "output_fill_past_path_max": _py(
-        _PAST_PATH_MAX + "for f in range(30):\n"
+        _nested(20) + "for f in range(30):\n"
         "    with open(f'f{f}', 'wb') as fh:\n"
         "        for _ in range(7): fh.write(b'z' * (1 << 20))\n"
         "import time; time.sleep(2)\n",
@@ -101,9 +104,9 @@ CASES: dict[str, Case] = {
         "{out}",
         cost=3,
     ),
-    "output_path_past_path_max": _py(
-        _PAST_PATH_MAX + "open('deep.txt', 'w').write('x')\n"
-        "open('/output/top.txt', 'w').write('y')\n",
+    # Ten directories of 253-byte names: under PATH_MAX, over the 1024 bytes published.
+    "output_path_too_long": _py(
+        _nested(10) + "open('deep.txt', 'w').write('x')\nopen('/output/top.txt', 'w').write('y')\n",
         "--output",
         "{out}",
     ),

@@ -77,10 +77,10 @@ def test_a_fill_hidden_past_path_max_is_stopped_and_nothing_published(
     assert_host_invariants(security_env, result)
 
 
-def test_a_path_past_path_max_is_refused_not_an_infrastructure_error(
+def test_a_path_too_long_is_refused_not_an_infrastructure_error(
     security_env: SecurityEnv,
 ) -> None:
-    result = security_env.result("output_path_past_path_max")
+    result = security_env.result("output_path_too_long")
     exit_frame = assert_exit(result, "ok", 0)
     assert [o["path"] for o in exit_frame["outputs"]] == ["top.txt"]
     [refused] = exit_frame["refused"]

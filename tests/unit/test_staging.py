@@ -149,30 +149,32 @@ def test_outputs_too_many_to_list_in_the_exit_frame_are_refused_whole(
     assert len(listed.encode()) == needed
 
 
-def test_paths_too_long_to_open_on_the_host_are_refused_not_an_infrastructure_error(
+def test_paths_too_long_to_publish_are_refused_not_an_infrastructure_error(
     stage: staging.OutputStaging,
 ) -> None:
-    # Thirty directories of 254-byte names: 7,650 bytes, past PATH_MAX. Publishing failed with
-    # ENAMETOOLONG, reported as infrastructure_error (exit 6) for what the script did.
-    names = [f"d{i:02}" + "x" * 251 for i in range(30)]
-    fd = os.open(stage.staging, os.O_RDONLY)
-    for name in names:
-        os.mkdir(name, dir_fd=fd)
-        inner = os.open(name, os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = inner
+    # Ten directories of 254-byte names (2,549 bytes): under PATH_MAX, over MAX_PATH_BYTES.
+    # Thirty (7,650 bytes, past PATH_MAX) made publishing fail with ENAMETOOLONG, reported as
+    # infrastructure_error (exit 6) for what the script did.
+    fd = _deep_tree(stage.staging, 10)
     os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
     os.close(fd)
     (stage.staging / "top.txt").write_text("y")
     outputs, refused = staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
     assert [o["path"] for o in outputs] == ["top.txt"]
-    first_too_long = "/".join(names[:4])  # 4 * 254 + 3 = 1019 bytes fit; 5 do not
+    names = [f"d{i:02}" + "x" * 251 for i in range(5)]  # 4 * 254 + 3 = 1019 bytes fit; 5 do not
     assert refused == [
-        {
-            "path": first_too_long + "/" + names[4],
-            "reason": f"path longer than {staging.MAX_PATH_BYTES} bytes",
-        }
+        {"path": "/".join(names), "reason": f"path longer than {staging.MAX_PATH_BYTES} bytes"}
     ]
+
+
+def test_paths_past_path_max_are_a_resource_limit_at_publish_too(
+    stage: staging.OutputStaging,
+) -> None:
+    # The watchdog cannot measure below them; a run that ends before it looks gets the same.
+    os.close(_deep_tree(stage.staging, 30))
+    with pytest.raises(ResourceLimit, match="PATH_MAX"):
+        staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
+    assert not stage.output_dir.exists()
 
 
 def _deep_tree(root: Path, levels: int) -> int:
