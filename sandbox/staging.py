@@ -252,6 +252,15 @@ _NOT_UTF8 = "name is not valid UTF-8"
 _TOO_LONG = f"path longer than {MAX_PATH_BYTES} bytes"
 
 
+def _readable(path: str, st: os.stat_result) -> bool:
+    """Whether this process can copy a file, or list a directory, that the container's user
+    made: under a coordinator that is not root, a file created mode 0600 (``mkstemp``) or a
+    directory chmod'ed 0700 cannot be, and the whole publish once failed on it."""
+    if stat.S_ISDIR(st.st_mode):
+        return os.access(path, os.R_OK | os.X_OK)
+    return not stat.S_ISREG(st.st_mode) or os.access(path, os.R_OK)
+
+
 def _walk(
     root: Path, rel: str = "", depth: int = 0
 ) -> Iterator[tuple[str, os.stat_result, str | None]]:
@@ -269,6 +278,8 @@ def _walk(
             yield path, st, _TOO_DEEP
         elif len(path.encode()) > MAX_PATH_BYTES:
             yield path, st, _TOO_LONG
+        elif not _readable(entry.path, st):
+            yield path, st, f"not readable by this user (mode {stat.filemode(st.st_mode)})"
         else:
             yield path, st, None
             if stat.S_ISDIR(st.st_mode):

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -206,3 +210,77 @@ def test_the_output_watchdog_is_not_blind_below_paths_too_long_to_open(
     (stage.staging.parent / "shallow").mkdir()
     (stage.staging.parent / "shallow" / "small").write_text("x")
     assert not staging.measure(stage.staging.parent / "shallow").over(1 << 20)
+
+
+_PUBLISH_AS_ANOTHER_USER = """
+import json, sys
+from pathlib import Path
+from sandbox import staging
+stage = staging.OutputStaging(Path(sys.argv[1]), Path(sys.argv[2]), "run1")
+try:
+    outputs, refused = staging.publish(stage, 1 << 20, max_listing_bytes=1 << 20)
+    print(json.dumps({"outputs": [o["path"] for o in outputs], "refused": refused}))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_outputs_a_non_root_coordinator_cannot_read_are_refused_and_listed() -> None:
+    # A coordinator that is not root cannot read what the container's user (65532) made mode
+    # 0600 (mkstemp, an atomic write) or 0700: publishing failed as a whole on the first such
+    # file, reported as infrastructure_error (exit 6).
+    coordinator_uid = 65534
+    with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path is root's alone (0700)
+        Path(top).chmod(0o755)
+        _publish_as_another_user(Path(top) / "parent", coordinator_uid)
+
+
+def _publish_as_another_user(parent: Path, coordinator_uid: int) -> None:
+    parent.mkdir()
+    os.chown(parent, coordinator_uid, coordinator_uid)
+    staging_dir = parent / staging.STAGING_DIRNAME / "run1"
+    staging_dir.mkdir(parents=True)
+    for path in (staging_dir.parent, staging_dir):
+        os.chown(path, coordinator_uid, coordinator_uid)
+    staging_dir.parent.chmod(0o700)
+    staging_dir.chmod(0o777)
+    made: list[tuple[str, int]] = [
+        ("ok.txt", 0o644),
+        ("atomic.tmp", 0o600),
+        ("private", 0o700),
+        ("private/inner.txt", 0o644),
+    ]
+    for rel, mode in sorted(made, key=lambda m: m[0].count("/"), reverse=True):
+        target = staging_dir / rel
+        target.parent.mkdir(exist_ok=True)
+        if rel != "private":
+            target.write_text("x")
+        target.chmod(mode)
+        os.chown(target, 65532, 65532)
+    done = subprocess.run(  # noqa: S603 - fixed command
+        [
+            shutil.which("setpriv") or "setpriv",
+            f"--reuid={coordinator_uid}",
+            f"--regid={coordinator_uid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            _PUBLISH_AS_ANOTHER_USER,
+            str(parent / "out"),
+            str(staging_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(staging.__file__).parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(staging.__file__).parent.parent)},
+    )
+    answer = json.loads(done.stdout)
+    assert answer == {
+        "outputs": ["ok.txt"],
+        "refused": [
+            {"path": "atomic.tmp", "reason": "not readable by this user (mode -rw-------)"},
+            {"path": "private", "reason": "not readable by this user (mode drwx------)"},
+        ],
+    }
