@@ -667,8 +667,8 @@ def _classify(
         outcome.fail(
             ResourceLimit(
                 f"the tool wrote more than {loaded.policy.output.max_mb} MiB (or "
-                f"{staging.MAX_OUTPUT_ENTRIES} entries, or paths too long for the host to "
-                "measure) to the output directory",
+                f"{staging.MAX_OUTPUT_ENTRIES} entries, or hid part of it from the count) "
+                "to the output directory",
                 limit="output.max_mb",
             )
         )

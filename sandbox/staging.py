@@ -191,24 +191,36 @@ def prepare_output(output_dir: Path, run_id: str) -> OutputStaging:
 class Usage:
     bytes: int
     entries: int
-    # Entries whose host path is too long to open by name: their size is unknown.
-    unmeasured: bool = False
+    # Why part of the tree could not be counted (its size is unknown), or None.
+    unmeasured: str | None = None
 
     def over(self, max_bytes: int) -> bool:
         """Past the output limits, or hiding part of the tree from the count."""
-        return self.bytes > max_bytes or self.entries > MAX_OUTPUT_ENTRIES or self.unmeasured
+        return (
+            self.bytes > max_bytes
+            or self.entries > MAX_OUTPUT_ENTRIES
+            or self.unmeasured is not None
+        )
+
+
+# What hides a directory's contents from the count: a script could fill the disk below it.
+_HIDING = {
+    errno.ENAMETOOLONG: "paths longer than the host can open (PATH_MAX)",
+    errno.EACCES: "a directory this user cannot list",
+}
 
 
 def measure(root: Path) -> Usage:
     """Bytes and entries under root, without following links (for the size watchdog).
 
-    A directory or file nested past PATH_MAX cannot be opened by name: a script could fill the
-    disk below such a path unseen, so it makes the usage ``unmeasured``. An entry that vanishes
-    while it is counted is skipped, not the rest of its directory."""
+    A directory nested past PATH_MAX, or one that this process may not list (a coordinator
+    that is not root, a directory of the container's user made mode 0700), hides what is below
+    it: the usage is then ``unmeasured``. An entry that vanishes while it is counted is
+    skipped, not the rest of its directory."""
     total = entries = 0
-    unmeasured = False
+    unmeasured: str | None = None
     stack = [str(root)]
-    while stack and entries <= MAX_OUTPUT_ENTRIES and not unmeasured:
+    while stack and entries <= MAX_OUTPUT_ENTRIES and unmeasured is None:
         try:
             with os.scandir(stack.pop()) as it:
                 for entry in it:
@@ -216,15 +228,15 @@ def measure(root: Path) -> Usage:
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError as exc:
-                        unmeasured = exc.errno == errno.ENAMETOOLONG
-                        if unmeasured:
+                        unmeasured = _HIDING.get(exc.errno or 0)
+                        if unmeasured is not None:
                             break
                         continue
                     total += st.st_blocks * 512 if st.st_blocks else st.st_size
                     if stat.S_ISDIR(st.st_mode):
                         stack.append(entry.path)
         except OSError as exc:
-            unmeasured = exc.errno == errno.ENAMETOOLONG
+            unmeasured = _HIDING.get(exc.errno or 0)
     return Usage(bytes=total, entries=entries, unmeasured=unmeasured)
 
 
@@ -253,11 +265,10 @@ _TOO_LONG = f"path longer than {MAX_PATH_BYTES} bytes"
 
 
 def _readable(path: str, st: os.stat_result) -> bool:
-    """Whether this process can copy a file, or list a directory, that the container's user
-    made: under a coordinator that is not root, a file created mode 0600 (``mkstemp``) or a
-    directory chmod'ed 0700 cannot be, and the whole publish once failed on it."""
-    if stat.S_ISDIR(st.st_mode):
-        return os.access(path, os.R_OK | os.X_OK)
+    """Whether this process can copy a file the container's user made: under a coordinator
+    that is not root, one created mode 0600 (``mkstemp``, an atomic write) cannot be, and the
+    whole publish once failed on it. (A directory it cannot list never gets here: ``measure``
+    counts it as hiding its contents.)"""
     return not stat.S_ISREG(st.st_mode) or os.access(path, os.R_OK)
 
 
@@ -362,12 +373,10 @@ def publish(
     published) when the outputs are over ``max_bytes``, or too many to list in the exit frame:
     its lists may take ``max_listing_bytes``, so that it stays within the frame line limit.
     """
-    if measure(stage.staging).unmeasured:
-        # As the watchdog would have said had it looked: what lies past PATH_MAX is unknown.
-        msg = (
-            "the output directory holds paths longer than the host can open (PATH_MAX), "
-            "hiding how much was written"
-        )
+    hidden = measure(stage.staging).unmeasured
+    if hidden is not None:
+        # As the watchdog would have said had it looked: what lies below is unknown.
+        msg = f"the output directory holds {hidden}, hiding how much was written"
         raise ResourceLimit(msg, limit="output.max_mb")
     manifest = survey(stage.staging)
     total = sum(size for _, size in manifest.files)

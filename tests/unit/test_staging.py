@@ -226,17 +226,20 @@ except Exception as exc:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
-def test_outputs_a_non_root_coordinator_cannot_read_are_refused_and_listed() -> None:
+@pytest.mark.parametrize("hide_a_directory", [False, True])
+def test_outputs_a_non_root_coordinator_cannot_read_are_refused_or_a_resource_limit(
+    hide_a_directory: bool,
+) -> None:
     # A coordinator that is not root cannot read what the container's user (65532) made mode
     # 0600 (mkstemp, an atomic write) or 0700: publishing failed as a whole on the first such
-    # file, reported as infrastructure_error (exit 6).
+    # entry, reported as infrastructure_error (exit 6).
     coordinator_uid = 65534
     with tempfile.TemporaryDirectory() as top:  # pytest's tmp_path is root's alone (0700)
         Path(top).chmod(0o755)
-        _publish_as_another_user(Path(top) / "parent", coordinator_uid)
+        _publish_as_another_user(Path(top) / "parent", coordinator_uid, hide_a_directory)
 
 
-def _publish_as_another_user(parent: Path, coordinator_uid: int) -> None:
+def _publish_as_another_user(parent: Path, coordinator_uid: int, hide_a_directory: bool) -> None:
     parent.mkdir()
     os.chown(parent, coordinator_uid, coordinator_uid)
     staging_dir = parent / staging.STAGING_DIRNAME / "run1"
@@ -248,13 +251,13 @@ def _publish_as_another_user(parent: Path, coordinator_uid: int) -> None:
     made: list[tuple[str, int]] = [
         ("ok.txt", 0o644),
         ("atomic.tmp", 0o600),
-        ("private", 0o700),
-        ("private/inner.txt", 0o644),
+        ("open/inner.txt", 0o644),
+        ("open", 0o700 if hide_a_directory else 0o755),
     ]
-    for rel, mode in sorted(made, key=lambda m: m[0].count("/"), reverse=True):
+    for rel, mode in made:
         target = staging_dir / rel
         target.parent.mkdir(exist_ok=True)
-        if rel != "private":
+        if rel != "open":
             target.write_text("x")
         target.chmod(mode)
         os.chown(target, 65532, 65532)
@@ -277,10 +280,16 @@ def _publish_as_another_user(parent: Path, coordinator_uid: int) -> None:
         env={**os.environ, "PYTHONPATH": str(Path(staging.__file__).parent.parent)},
     )
     answer = json.loads(done.stdout)
-    assert answer == {
-        "outputs": ["ok.txt"],
-        "refused": [
-            {"path": "atomic.tmp", "reason": "not readable by this user (mode -rw-------)"},
-            {"path": "private", "reason": "not readable by this user (mode drwx------)"},
-        ],
-    }
+    if hide_a_directory:
+        # What it cannot list, it cannot measure: a script could fill the disk below it.
+        assert answer == {
+            "error": "ResourceLimit: the output directory holds a directory this user cannot "
+            "list, hiding how much was written"
+        }
+    else:
+        assert answer == {
+            "outputs": ["ok.txt", "open/inner.txt"],
+            "refused": [
+                {"path": "atomic.tmp", "reason": "not readable by this user (mode -rw-------)"}
+            ],
+        }
