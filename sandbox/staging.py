@@ -396,14 +396,15 @@ def publish(
     fresh.mkdir(mode=0o755)
     try:
         outputs = _copy_tree(stage, manifest, fresh)
+        if stage.output_dir.is_dir():
+            stage.output_dir.rmdir()  # empty, checked before the run (ENOTEMPTY if no longer)
+        fresh.rename(stage.output_dir)
     except BaseException:
-        # E.g. ENOSPC half way: never leave a half-published tree behind (the staging tree
-        # itself is set aside by the caller, intact).
+        # E.g. ENOSPC half way, or output_dir filled by someone else meanwhile: never leave a
+        # published copy behind beside it (the staging tree itself is set aside by the caller,
+        # intact).
         shutil.rmtree(fresh, ignore_errors=True)
         raise
-    if stage.output_dir.is_dir():
-        stage.output_dir.rmdir()  # empty, checked before the run
-    fresh.rename(stage.output_dir)
     try:
         discard(stage)
     except OSError as exc:

@@ -293,3 +293,20 @@ def _publish_as_another_user(parent: Path, coordinator_uid: int, hide_a_director
                 {"path": "atomic.tmp", "reason": "not readable by this user (mode -rw-------)"}
             ],
         }
+
+
+def test_an_output_dir_filled_meanwhile_fails_the_publish_without_a_copy_left_behind(
+    stage: staging.OutputStaging,
+) -> None:
+    # The copy made for publishing stayed in .sandbox-staging/RUN.publish, unreported.
+    (stage.staging / "result.csv").write_text("a,b\n")
+    stage.output_dir.mkdir()
+    (stage.output_dir / "someone-elses.txt").write_text("x")
+    with pytest.raises(OSError, match="not empty"):
+        staging.publish(stage, 1 << 20, max_listing_bytes=LISTING)
+    assert [p.name for p in stage.output_dir.iterdir()] == ["someone-elses.txt"]
+    assert sorted(p.name for p in stage.staging.parent.iterdir()) == ["run1"]
+    kept = staging.set_aside(stage)
+    assert kept is not None
+    assert (kept / "result.csv").read_text() == "a,b\n"
+    assert not stage.staging.parent.exists()
