@@ -398,3 +398,18 @@ def test_outputs_too_many_to_list_within_the_frame_limit_are_not_published(
     frames = run(FakeContainer(writes=fewer), output_dir=str(tmp_path / "out2"))
     assert frames[-1]["status"] == "ok"
     assert len(frames[-1]["outputs"]) == 20
+
+
+def test_a_read_of_many_short_lines_comes_in_bounded_batches(
+    coordinator: Coordinator, runtime: FakeRuntime
+) -> None:
+    # A 256 KiB read of bare newlines was one batch of 262,144 log frames built whole (a
+    # script's 4 MiB of newlines took the CLI to 487 MB of memory).
+    runtime.scripts.append(FakeContainer(output=[("stdout", b"\n" * 10_000 + b"x\n")]))
+    request = Request(tool="echo", args={"case": "x"})
+    batches = list(coordinator.run_batches(request, run_id="run1"))
+    sizes = [len(batch) for batch in batches if batch[0]["type"] == "log"]
+    assert sizes == [4096, 4096, 1809]
+    flat = [frame for batch in batches for frame in batch]
+    assert [f["seq"] for f in flat] == list(range(len(flat)))
+    assert flat[-2]["line"] == "x"
