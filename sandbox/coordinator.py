@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 
 # The reader thread samples cgroup counters at most this often (a file read each).
 READER_SAMPLE_S = 0.005
-# Frames per batch at most: a batch is built whole before it is written.
-MAX_BATCH_LINES = 4096
 # After the deadline the engine gets this long to report the container's end.
 WAIT_GRACE_S = 15.0
 ABANDONED = "the caller stopped reading the run's frames; its container was removed"
@@ -486,11 +484,9 @@ class Coordinator:
             frames, frame_max=spec.frame_max_bytes, stream_cap=spec.stream_cap_bytes
         )
         for stream, chunk in attachment.chunks():
-            for piece in _pieces(chunk):
-                batch = assembler.feed(stream, piece)
-                if batch:
-                    _note_script_errors(outcome, batch)
-                    yield batch
+            for batch in assembler.batches(stream, chunk):
+                _note_script_errors(outcome, batch)
+                yield batch
             if assembler.over_cap:
                 watchdog.trip("stream")
             watchdog.sample_soon()
@@ -542,24 +538,6 @@ class Coordinator:
                 self.runtime.remove(container.id)
                 removed.append(container.id)
         return removed
-
-
-def _pieces(chunk: bytes, lines: int = MAX_BATCH_LINES) -> Iterator[bytes]:
-    """``chunk`` in pieces of at most ``lines`` lines: one read of short lines (a 256 KiB read
-    of bare newlines is 262,144 log frames) must not become one batch held in memory whole."""
-    if chunk.count(b"\n") <= lines:
-        yield chunk
-        return
-    start = 0
-    while start < len(chunk):
-        end = start
-        for _ in range(lines):
-            end = chunk.find(b"\n", end) + 1
-            if end == 0:
-                end = len(chunk)
-                break
-        yield chunk[start:end]
-        start = end
 
 
 def _note_script_errors(outcome: Outcome, batch: list[Frame]) -> None:

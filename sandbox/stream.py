@@ -9,6 +9,7 @@ boundary, marked, and the rest of it discarded as it streams, so memory stays bo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 from .frames import Frame, FrameFactory, encode, script_fields, sealed, stamp
@@ -16,6 +17,9 @@ from .request import loads_strict
 
 StreamName = Literal["stdout", "stderr"]
 TRUNCATION_MARK = " …[line truncated]"
+# Frames per batch at most: a batch is built whole before it is passed on, and one read of
+# short lines (a 256 KiB read of bare newlines is 262,144 log frames) must not be.
+MAX_BATCH_FRAMES = 4096
 
 # The fast path passes a script's lines through as they are, only in the exact form the
 # in-image runtime writes.
@@ -162,12 +166,26 @@ class FrameAssembler:
 
     def feed(self, stream: StreamName, chunk: bytes) -> list[Frame]:
         """Frames for one chunk; stops producing once the stream cap is passed."""
+        return [frame for batch in self.batches(stream, chunk) for frame in batch]
+
+    def batches(
+        self, stream: StreamName, chunk: bytes, most: int = MAX_BATCH_FRAMES
+    ) -> Iterator[list[Frame]]:
+        """``feed``'s frames in batches of at most ``most``, each built when it is asked for."""
         if self.over_cap:
-            return []
+            return
         self.total_bytes += len(chunk)
         if self.over_cap:
             chunk = chunk[: len(chunk) - (self.total_bytes - self.stream_cap)]
         lines = self._splitters[stream].feed(chunk)
+        if len(lines) <= most:
+            if lines:
+                yield self._frames(stream, lines)
+            return
+        for start in range(0, len(lines), most):
+            yield self._frames(stream, lines[start : start + most])
+
+    def _frames(self, stream: StreamName, lines: list[bytes]) -> list[Frame]:
         if stream != "stdout":
             return [self._other(stream, line) for line in lines]
         now = stamp()  # every line of one read arrived at the same moment
