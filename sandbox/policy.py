@@ -191,7 +191,8 @@ class Policy(_Strict):
     @field_validator("user")
     @classmethod
     def _not_root(cls, value: str) -> str:
-        if value.split(":")[0] == "0" or value.split(":")[-1] == "0":
+        # Numerically, as Docker reads them: "00" is uid (or gid) 0 too.
+        if any(int(part) == 0 for part in value.split(":")):
             msg = "must not be root (uid or gid 0)"
             raise ValueError(msg)
         return value

@@ -142,6 +142,10 @@ def test_huge_file_is_refused_before_parsing() -> None:
     [
         ({"user": "0:0"}, "user"),
         ({"user": "root"}, "user"),
+        # Docker reads these numerically: uid 0, and gid 0 (the root group).
+        ({"user": "00:00"}, "user"),
+        ({"user": "65532:00"}, "user"),
+        ({"user": "000"}, "user"),
         ({"network": "host"}, "network"),
         ({"privileged": True}, "privileged"),
         ({"cap_add": ["SYS_ADMIN"]}, "cap_add"),
