@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    model_validator,
+)
 
 from ..errors import PolicyFileError
 from ..policy import InputsPolicy, Limits, OutputPolicy, load_yaml
@@ -80,9 +87,11 @@ class Baseline(BaseModel):
     """OCI runtimes a policy may use (SBX010); ``[runsc]`` requires gVisor everywhere."""
     required_limits: list[LimitName] = Field(default_factory=lambda: list(REQUIRED_LIMITS))
     """Limits every policy must write out (SBX004)."""
-    justify_above: dict[BoundedField, float] = Field(default_factory=dict)
+    # Finite: NaN compares false with everything, so it would bound nothing (and `policy diff`
+    # would call it tightening); infinity bounds nothing either.
+    justify_above: dict[BoundedField, FiniteFloat] = Field(default_factory=dict)
     """Values above these are relaxations that need a justification (SBX011)."""
-    ceilings: dict[BoundedField, float] = Field(default_factory=dict)
+    ceilings: dict[BoundedField, FiniteFloat] = Field(default_factory=dict)
     """Hard maximums (SBX005); no justification lifts them."""
 
     def threshold(self, field: BoundedField) -> float:

@@ -186,6 +186,22 @@ def test_bad_baseline_is_a_finding_and_the_builtin_one_applies(tmp_path: Path, h
     assert report.baseline == "built-in"
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("kind", ["ceilings", "justify_above"])
+def test_a_baseline_number_that_is_not_finite_is_refused(
+    tmp_path: Path, host: Host, kind: str, value: str
+) -> None:
+    # NaN compares false with everything: as a ceiling or threshold it would let any value
+    # through while `policy diff` called the change tightening; infinity is no bound at all.
+    write_policy(tmp_path, "tool")
+    (tmp_path / "baseline.yaml").write_text(f"{kind}:\n  limits.memory_mb: {value}\n")
+    report = check_dir(tmp_path, host)
+    [finding] = report.findings
+    assert (finding.rule, finding.key) == ("SBX001", f"{kind}.limits.memory_mb")
+    assert "finite" in finding.message
+    assert report.baseline == "built-in"
+
+
 def test_cli_baseline_option_overrides_the_directory_baseline(
     cli: CliRunner, tmp_path: Path
 ) -> None:
