@@ -105,7 +105,7 @@ def read_location(text: str, default_path: Path, cwd: Path) -> PolicySet:
     return read_git(location, cwd)
 
 
-def _git(args: list[str], cwd: Path, label: str) -> bytes:
+def _git(args: list[str], cwd: Path, label: str, stdin: bytes | None = None) -> bytes:
     git = shutil.which("git")
     if git is None:
         msg = "git is not installed"
@@ -113,6 +113,7 @@ def _git(args: list[str], cwd: Path, label: str) -> bytes:
     try:
         proc = subprocess.run(  # noqa: S603 - fixed argv, no shell; the ref was checked
             [git, "-C", str(cwd), *args],
+            input=stdin,
             capture_output=True,
             check=False,
             timeout=GIT_TIMEOUT_S,
@@ -158,9 +159,13 @@ def read_git(location: GitLocation, cwd: Path) -> PolicySet:
     listing = _git(["ls-tree", "-z", commit, "--", prefix or "."], toplevel, label)
     policies: list[PolicySource] = []
     baseline: PolicySource | None = None
-    for name, blob in _yaml_blobs(listing):
+    for name, blob, link in _yaml_blobs(listing):
         path = Path(f"{GIT_PREFIX}{location.ref}:{prefix}{name}")
-        source = PolicySource(path, _git(["cat-file", "blob", blob], toplevel, label))
+        if link:
+            text = _link_target_blob(f"{commit}:{prefix}{name}", toplevel, path)
+        else:
+            text = _git(["cat-file", "blob", blob], toplevel, label)
+        source = PolicySource(path, text)
         if name == BASELINE_FILE:
             baseline = source
         else:
@@ -168,15 +173,29 @@ def read_git(location: GitLocation, cwd: Path) -> PolicySet:
     return PolicySet(label=label, policies=tuple(policies), baseline=baseline)
 
 
-def _yaml_blobs(listing: bytes) -> list[tuple[str, str]]:
-    """(file name, blob id) of the regular ``*.yaml`` files in ``git ls-tree -z`` output."""
+def _link_target_blob(spec: str, toplevel: Path, path: Path) -> bytes:
+    """The bytes of the file a committed symlink (``REV:PATH``) points to, as the loader would
+    read through it in a checkout; PolicyFileError when it leaves the revision or dangles."""
+    out = _git(["cat-file", "--batch", "--follow-symlinks"], toplevel, str(path), spec.encode())
+    header, _, rest = out.partition(b"\n")
+    parts = header.split()
+    if len(parts) == 3 and parts[1] == b"blob":
+        return rest[: int(parts[2])]
+    kind, target = header.decode(errors="replace"), rest.decode(errors="replace").strip()
+    msg = f"a symlink git cannot follow inside the revision ({kind.split()[0]}: {target})"
+    raise PolicyFileError(msg, path=str(path))
+
+
+def _yaml_blobs(listing: bytes) -> list[tuple[str, str, bool]]:
+    """(file name, blob id, is a symlink) of the ``*.yaml`` files in ``git ls-tree -z`` output.
+    A symlink (mode 120000) is listed too: a checkout's loader follows it."""
     blobs = []
     for entry in listing.decode().split("\0"):
         meta, _, path = entry.partition("\t")
         parts = meta.split()
-        # Sub-trees are not policies, and a symlink's blob (mode 120000) is its target path.
-        if len(parts) == 3 and parts[1] == "blob" and parts[0] in {"100644", "100755"}:
+        # Sub-trees are not policies.
+        if len(parts) == 3 and parts[1] == "blob" and parts[0] in {"100644", "100755", "120000"}:
             name = path.rsplit("/", 1)[-1]
             if name.endswith(".yaml"):
-                blobs.append((name, parts[2]))
+                blobs.append((name, parts[2], parts[0] == "120000"))
     return sorted(blobs)

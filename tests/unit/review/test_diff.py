@@ -209,6 +209,30 @@ def test_git_path_absent_at_the_revision_reads_as_no_policies(repo: Path) -> Non
     assert empty.baseline is None
 
 
+def test_a_policy_committed_as_a_symlink_is_read_through_it(repo: Path) -> None:
+    # The loader follows a symlinked policy file, so a revision must too: skipping it let
+    # `diff git:A git:B` miss a tool added (or loosened) through a link.
+    git(repo, "checkout", "-q", "-b", "pr")
+    (repo / "elsewhere").mkdir()
+    shutil.move(repo / "policies" / "alpha.yaml", repo / "elsewhere" / "alpha.yaml")
+    (repo / "policies" / "alpha.yaml").symlink_to("../elsewhere/alpha.yaml")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "new policies, one through a link")
+    old = read_location("git:main", Path("policies"), repo)
+    new = read_location("git:HEAD", Path("policies"), repo)
+    assert changes_between(old, new) == changes_between(read_dir(OLD), read_dir(NEW))
+
+
+def test_a_policy_symlink_leaving_the_revision_is_an_error(repo: Path) -> None:
+    (repo / "policies" / "alpha.yaml").unlink()
+    (repo / "policies" / "alpha.yaml").symlink_to("/etc/hostname")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "a link out of the tree")
+    with pytest.raises(PolicyFileError, match="symlink") as err:
+        read_location("git:HEAD", Path("policies"), repo)
+    assert err.value.details["path"] == "git:HEAD:policies/alpha.yaml"
+
+
 def test_unknown_git_revision_is_an_error(repo: Path) -> None:
     with pytest.raises(PolicyFileError, match="unknown git revision 'nope'"):
         read_location("git:nope", Path("policies"), repo)
