@@ -460,6 +460,12 @@ class LockChange:
         return self.local == self.pinned
 
 
+def _policy_text(path: Path) -> str:
+    """A policy file's text with its line endings as they are (``read_text`` would turn CRLF
+    into LF, and the rewrite would then change every line, not only the pin)."""
+    return path.read_bytes().decode("utf-8")
+
+
 def plan_lock(api: docker.APIClient, files: Sequence[Path]) -> list[LockChange]:
     """For each policy file: its pin, the local image's id and the textual diff to apply."""
     changes = []
@@ -469,7 +475,7 @@ def plan_lock(api: docker.APIClient, files: Sequence[Path]) -> list[LockChange]:
         local = image_id(api, tagged(image.name))
         diff = ""
         if local is not None and local != image.id:
-            text = path.read_text(encoding="utf-8")
+            text = _policy_text(path)
             new_text = replace_image_id(text, local, path)
             diff = "".join(
                 difflib.unified_diff(
@@ -487,10 +493,10 @@ def apply_lock(change: LockChange) -> None:
     """Write the new pin (atomically, keeping the file's mode)."""
     if change.local is None or change.current:
         return
-    text = change.path.read_text(encoding="utf-8")
+    text = _policy_text(change.path)
     new_text = replace_image_id(text, change.local, change.path)
     tmp = change.path.with_name(f".{change.path.name}.tmp")
-    tmp.write_text(new_text, encoding="utf-8")
+    tmp.write_bytes(new_text.encode("utf-8"))
     shutil.copymode(change.path, tmp)
     tmp.replace(change.path)
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import InvalidRequest
-from sandbox.images import compose_env, plan_images, replace_image_id, short_name, tagged
+from sandbox.images import (
+    apply_lock,
+    compose_env,
+    plan_images,
+    plan_lock,
+    replace_image_id,
+    short_name,
+    tagged,
+)
 from sandbox.policy import load_policy_dir
 
 OLD = "sha256:" + "0" * 64
@@ -61,6 +69,24 @@ def test_a_layout_it_cannot_edit_minimally_is_refused_not_mangled() -> None:
     )
     with pytest.raises(InvalidRequest, match="by hand"):
         replace_image_id(anchored, NEW, Path("demo.yaml"))
+
+
+class _Engine:
+    """The one engine call ``plan_lock`` makes: the local id of an image."""
+
+    def inspect_image(self, ref: str) -> dict[str, str]:
+        return {"Id": NEW}
+
+
+def test_lock_keeps_crlf_line_endings_and_shows_the_diff_it_writes(tmp_path: Path) -> None:
+    path = tmp_path / "demo.yaml"
+    before = FLOW.replace("\n", "\r\n").encode()
+    path.write_bytes(before)
+    [change] = plan_lock(_Engine(), [path])  # type: ignore[arg-type]
+    apply_lock(change)
+    assert path.read_bytes() == before.replace(OLD.encode(), NEW.encode())
+    [removed] = [line for line in change.diff.splitlines(keepends=True) if line.startswith("-i")]
+    assert removed.endswith("\r\n")
 
 
 def test_names_and_tags() -> None:
