@@ -42,6 +42,20 @@ def _finding(dist: Dist, advisory: Advisory, where: Location, unknown: Severity)
     )
 
 
+def distinct(advisories: list[Advisory]) -> list[Advisory]:
+    """One advisory per vulnerability. A record naming another's id among its aliases is the
+    same one (a PYSEC record and its GHSA, as osv.dev's zip and service both carry): the record
+    stating the highest severity stands for them, since the PYSEC one often states none.
+    Records that only share some third alias stay apart: the PyPA database has distinct CVEs,
+    with different fixes, that list one GHSA by mistake (zope's PYSEC-2021-88 and -104)."""
+    ranked = sorted(advisories, key=lambda a: -a.severity.rank if a.severity else 1)
+    kept: list[Advisory] = []
+    for advisory in ranked:
+        if not any(advisory.id in k.aliases or k.id in advisory.aliases for k in kept):
+            kept.append(advisory)
+    return kept
+
+
 def _db_words(db: AdvisoryDbInfo | None, online: OnlineInfo) -> str:
     parts = []
     if db is not None:
@@ -78,7 +92,8 @@ def check_vulnerabilities(
     for dist in dists:
         where = locations.get((dist.env, dist.key), Location(image_path=dist.path))
         findings += [
-            _finding(dist, a, where, unknown) for a in index.match(dist.name, dist.version)
+            _finding(dist, a, where, unknown)
+            for a in distinct(index.match(dist.name, dist.version))
         ]
     summary = (
         f"{len(dists)} Python package(s) checked against {_db_words(db, online)}; "

@@ -254,3 +254,37 @@ def test_advisory_without_severity_is_ranked_by_the_unknown_severity_option() ->
     assert findings[0].severity == Severity.CRITICAL
     assert findings[0].properties["severity_source"] == "assumed"
     assert "ranked critical" in findings[0].message
+
+
+def test_records_that_alias_each_other_are_one_finding_with_the_stated_severity(
+    tmp_path: Path,
+) -> None:
+    # osv.dev's all.zip (and its service, under --online) carries a PYSEC record and the GHSA
+    # record of the same vulnerability; the PYSEC one often states no severity.
+    pysec = record(
+        id="PYSEC-2024-1", aliases=["CVE-2024-1", "GHSA-aaaa-bbbb-cccc", "GHSA-zzzz-zzzz-zzzz"]
+    )
+    ghsa = record(
+        id="GHSA-aaaa-bbbb-cccc",
+        aliases=["CVE-2024-1"],
+        database_specific={"severity": "MODERATE"},
+    )
+    # Only a third alias in common (as zope's PYSEC-2021-88 and -104): two vulnerabilities.
+    other = record(id="PYSEC-2024-2", aliases=["CVE-2024-2", "GHSA-zzzz-zzzz-zzzz"])
+    archive = tmp_path / "all.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for item in (pysec, ghsa, other):
+            zf.writestr(f"{item['id']}.json", json.dumps(item))
+    index, info = load_database(archive)
+    _, findings, _ = check_vulnerabilities(
+        _inventory(("demo-pkg", "1.0")),
+        index,
+        {},
+        Severity.HIGH,
+        info,
+        OnlineInfo(status="disabled"),
+    )
+    assert sorted((f.properties["advisory"], f.severity) for f in findings) == [
+        ("GHSA-aaaa-bbbb-cccc", Severity.MEDIUM),
+        ("PYSEC-2024-2", Severity.HIGH),
+    ]
