@@ -119,13 +119,28 @@ def _relation_problems(root: Path, label: str, paths: tuple[Path, ...]) -> list[
     return [f"contains {label} {', '.join(contained)}"] if contained else []
 
 
-def root_problems(root: Path, host: Host) -> list[str]:
-    """Why one resolved input root is unsafe; empty when it is fine."""
+def _written_problems(written: Path | None, root: Path, host: Host) -> list[str]:
+    """A root written under a system directory that resolves outside it: ``/proc/self/cwd``
+    resolves to the cwd of whichever process resolves it, a coordinator's as well as this
+    check's, so where it resolves here says nothing about where it will."""
+    if written is None:
+        return []
+    lexical = Path(os.path.normpath(written))
+    for system in host.system_dirs:
+        if _within(lexical, system) and not _within(root, system):
+            return [f"lies under system directory {system} as written ({lexical})"]
+    return []
+
+
+def root_problems(root: Path, host: Host, written: Path | None = None) -> list[str]:
+    """Why one resolved input root is unsafe; empty when it is fine. ``written``: the root as
+    the policy spells it, made absolute but not resolved."""
     if root == Path(root.anchor):
         return ["is the filesystem root `/`"]
     if not root.exists():
         return ["does not exist"]
     return [
+        *_written_problems(written, root, host),
         *_relation_problems(root, "system directory", host.system_dirs),
         *_relation_problems(root, "credentials", host.credentials),
         *_socket_problems(root, host),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..policy import LoadedPolicy
 from .baseline import BOUNDED_FIELDS, Baseline
@@ -114,8 +115,9 @@ def _env(subject: Subject) -> list[Finding]:
 def _roots(subject: Subject) -> list[Finding]:
     findings = []
     written = subject.loaded.policy.inputs.allowed_roots
+    base = subject.loaded.path.parent
     for index, (text, root) in enumerate(zip(written, subject.loaded.allowed_roots, strict=True)):
-        for problem in root_problems(root, subject.host):
+        for problem in root_problems(root, subject.host, base / Path(text).expanduser()):
             shown = text if text == str(root) else f"{text} ({root})"
             message = f"input root {shown} {problem}"
             findings.append(subject.finding("SBX008", ("inputs", "allowed_roots", index), message))

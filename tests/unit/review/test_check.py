@@ -261,6 +261,19 @@ def test_input_root_containing_a_system_directory_fails(tmp_path: Path, host: Ho
     assert any("contains system directory" in m and "/var/lib/docker" in m for m in messages)
 
 
+@pytest.mark.parametrize("root", ["/proc/self/cwd", "/proc/thread-self/cwd"])
+def test_input_root_written_under_a_system_directory_fails_wherever_it_resolves(
+    tmp_path: Path, host: Host, monkeypatch: pytest.MonkeyPatch, root: str
+) -> None:
+    # /proc/self/cwd is the cwd of whichever process resolves it: here a harmless directory,
+    # in a coordinator started from / the whole host.
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.chdir(data)
+    messages = roots_findings(tmp_path / "p", host, root)
+    assert any("system directory /" in m and "as written" in m for m in messages), messages
+
+
 def test_input_root_holding_the_docker_socket_fails(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
