@@ -7,6 +7,7 @@ Reading (I/O) is ``read_policy``; ``parse_policy`` is pure (bytes in, policy out
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -255,8 +256,18 @@ class LoadedPolicy:
         """Allowed input roots as real absolute paths (relative ones from the policy's dir)."""
         base = self.path.parent
         return tuple(
-            (base / Path(root).expanduser()).resolve() for root in self.policy.inputs.allowed_roots
+            _real_root(base / Path(root).expanduser()) for root in self.policy.inputs.allowed_roots
         )
+
+
+def _real_root(path: Path) -> Path:
+    """A root's real path, resolved as inputs are. One that cannot be resolved (a symlink loop,
+    a link this process may not read) stays as written: nothing under it can be mounted, so it
+    allows nothing (and ``policy check`` says why) instead of failing every run of the tool."""
+    try:
+        return Path(os.path.realpath(path))
+    except OSError:
+        return Path(os.path.normpath(path))
 
 
 def compile_args_schema(schema: dict[str, Any]) -> jsonschema_rs.Validator:

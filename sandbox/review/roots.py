@@ -137,7 +137,9 @@ def root_problems(root: Path, host: Host, written: Path | None = None) -> list[s
     the policy spells it, made absolute but not resolved."""
     if root == Path(root.anchor):
         return ["is the filesystem root `/`"]
-    if not root.exists():
+    if not os.path.exists(root):  # noqa: PTH110 - Path.exists raises on EACCES (3.11)
+        if os.path.lexists(root):
+            return ["cannot be resolved (a symlink loop, or a link this user may not read)"]
         return ["does not exist"]
     return [
         *_written_problems(written, root, host),

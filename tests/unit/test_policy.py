@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from sandbox import policy as policy_module
+from sandbox import staging
 from sandbox.errors import InvalidRequest, PolicyDenied, PolicyFileError
 from sandbox.policy import authorize, find_policy, parse_policy, read_policy
 from sandbox.request import Request, parse_request
@@ -312,3 +313,20 @@ def test_injection_strings_are_plain_data(policy_dir: Path) -> None:
     for hostile in ["; rm -rf /", "$(id)", "-rf", "a\nb", "\x00", "`id`"]:
         request = Request(tool="echo", args={"case": hostile[:32]})
         authorize(loaded(policy_dir), request)  # valid per schema; never interpreted
+
+
+def test_a_root_that_cannot_be_resolved_allows_nothing_and_breaks_no_other_root(
+    tmp_path: Path,
+) -> None:
+    # A symlink loop among the roots failed every run of the tool as an internal error (and
+    # crashed `policy check`); it must only allow nothing itself.
+    (tmp_path / "loop").symlink_to("loop")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.csv").write_text("a\n")
+    (tmp_path / "echo.yaml").write_text(dump(inputs={"allowed_roots": ["loop", "data"], "max": 2}))
+    loaded = read_policy(tmp_path / "echo.yaml")
+    assert loaded.allowed_roots == (tmp_path / "loop", data)
+    assert staging.resolve_inputs({"a": str(data / "in.csv")}, loaded.allowed_roots)
+    with pytest.raises(InvalidRequest, match="symbolic links"):
+        staging.resolve_inputs({"a": str(tmp_path / "loop" / "x")}, loaded.allowed_roots)

@@ -274,6 +274,14 @@ def test_input_root_written_under_a_system_directory_fails_wherever_it_resolves(
     assert any("system directory /" in m and "as written" in m for m in messages), messages
 
 
+def test_input_root_that_is_a_symlink_loop_is_a_finding_not_a_crash(
+    tmp_path: Path, host: Host
+) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    [message] = roots_findings(tmp_path / "p", host, str(tmp_path / "loop"))
+    assert "cannot be resolved" in message
+
+
 def test_input_root_holding_the_docker_socket_fails(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
