@@ -3,8 +3,10 @@ Schemas. Pure.
 
 Bounds (``maxLength``, ``maximum``...) that grow, properties that appear, ``required``
 entries that go, ``enum`` values that appear and closed nodes that open are loosening; the
-reverse is tightening; anything whose effect is not obvious (``$ref``, combinators, a changed
-pattern) is neutral. Annotations (title, description, examples) are ignored.
+reverse is tightening (a property that goes tightens only a closed object: in an open one its
+key is then accepted as anything); anything whose effect is not obvious (``$ref``,
+combinators, a changed pattern) is neutral. Annotations (title, description, examples) are
+ignored.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _keywords(old: dict[str, Any], new: dict[str, Any], path: str) -> Iterator[S
             continue
         where = f"{path}.{key}"
         if key in _MAPS and _is_map(before) and _is_map(after):
-            yield from _members(key, _as_map(before), _as_map(after), where)
+            yield from _members(key, _as_map(before), _as_map(after), where, new)
         elif key in _SUBSCHEMAS and isinstance(before, dict) and isinstance(after, dict):
             yield from schema_changes(before, after, where)
         else:
@@ -74,7 +76,7 @@ def _shown(value: Any) -> Any:
 
 
 def _members(
-    key: str, old: dict[str, Any], new: dict[str, Any], path: str
+    key: str, old: dict[str, Any], new: dict[str, Any], path: str, parent: dict[str, Any]
 ) -> Iterator[SchemaChange]:
     accepting = key in _ACCEPTING_MAPS
     for name in [*new, *(n for n in old if n not in new)]:
@@ -82,9 +84,32 @@ def _members(
         if name not in old:
             yield where, "loosening" if accepting else "neutral", None, new[name]
         elif name not in new:
-            yield where, "tightening" if accepting else "neutral", old[name], None
+            gone = _dropped(key, old[name], parent) if accepting else "neutral"
+            yield where, gone, old[name], None
         else:
             yield from schema_changes(old[name], new[name], where)
+
+
+# Keywords that may evaluate an object's keys besides properties and patternProperties.
+_EVALUATORS = frozenset(
+    {"allOf", "anyOf", "oneOf", "$ref", "$dynamicRef", "if", "dependentSchemas"}
+)
+
+
+def _dropped(key: str, schema: Any, parent: dict[str, Any]) -> Direction:
+    """A property (or pattern) gone from an object (``parent``, as it is now): its keys fall to
+    what else the object says. Refused when it is closed (tightening), anything when it is
+    open (loosening, unless the schema gone accepted anything too); neutral when another schema
+    takes them (a pattern, a schema for the rest, a combinator)."""
+    others = set(parent) & _EVALUATORS
+    if others or (key == "properties" and parent.get("patternProperties")):
+        return "neutral"
+    rest = parent.get("additionalProperties", parent.get("unevaluatedProperties", True))
+    if rest is False:
+        return "tightening"
+    if rest is True:
+        return "neutral" if schema is True or schema == {} else "loosening"
+    return "neutral"
 
 
 def _direction(key: str, before: Any, after: Any) -> Direction:

@@ -92,7 +92,35 @@ def test_new_root_inside_an_allowed_root_is_neutral_elsewhere_loosening(
         ({"enum": [1, 2]}, {"enum": [1]}, "tightening"),
         ({"type": "string"}, {"type": ["string", "null"]}, "loosening"),
         ({"$ref": "#/$defs/a"}, {"$ref": "#/$defs/b"}, "neutral"),
-        ({"properties": {"a": {}}}, {"properties": {}}, "tightening"),
+        (
+            {"additionalProperties": False, "properties": {"a": {}}},
+            {"additionalProperties": False, "properties": {}},
+            "tightening",
+        ),
+        # A dropped property of an open object is accepted as anything now.
+        ({"properties": {"a": {"maxLength": 8}}}, {"properties": {}}, "loosening"),
+        ({"properties": {"a": {}}}, {"properties": {}}, "neutral"),
+        # A key that also matches a pattern (both apply) is left to the pattern's schema, a key
+        # of an object with a schema for the rest to that schema: which way cannot be told.
+        (
+            {
+                "additionalProperties": False,
+                "properties": {"a": {"maxLength": 8}},
+                "patternProperties": {"^a": {"maxLength": 9999}},
+            },
+            {"additionalProperties": False, "patternProperties": {"^a": {"maxLength": 9999}}},
+            "neutral",
+        ),
+        (
+            {"additionalProperties": {"type": "string"}, "properties": {"a": {"maxLength": 8}}},
+            {"additionalProperties": {"type": "string"}},
+            "neutral",
+        ),
+        (
+            {"unevaluatedProperties": False, "patternProperties": {"^a": {"maxLength": 8}}},
+            {"unevaluatedProperties": False},
+            "tightening",
+        ),
     ],
 )
 def test_schema_change_direction(old: dict[str, Any], new: dict[str, Any], expected: str) -> None:
