@@ -4,9 +4,9 @@ Schemas. Pure.
 Bounds (``maxLength``, ``maximum``...) that grow, properties that appear, ``required``
 entries that go, ``enum`` values that appear and closed nodes that open are loosening; the
 reverse is tightening (a property that goes tightens only a closed object: in an open one its
-key is then accepted as anything); anything whose effect is not obvious (``$ref``,
-combinators, a changed pattern) is neutral. Annotations (title, description, examples) are
-ignored.
+key is then accepted as anything), and each way is reversed under ``not``; anything whose
+effect is not obvious (``$ref``, combinators, ``if``, a changed pattern) is neutral.
+Annotations (title, description, examples) are ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +37,13 @@ _SUBSCHEMAS = _OPENNESS | {"contains", "propertyNames", "not", "if", "then", "el
 # Maps of name -> schema; a new member of the first two accepts a new key.
 _ACCEPTING_MAPS = frozenset({"properties", "patternProperties"})
 _MAPS = _ACCEPTING_MAPS | {"$defs", "definitions", "dependentSchemas"}
+# How a change inside a subschema reads from outside it: under `not` it works the other way
+# (a value gone from a denylist is allowed), under `if` it only picks the branch that applies.
+_UNDER: dict[str, dict[Direction, Direction]] = {
+    "not": {"loosening": "tightening", "tightening": "loosening"},
+    "if": {"loosening": "neutral", "tightening": "neutral"},
+}
+_UNDER.update({key: {} for key in _SUBSCHEMAS - _UNDER.keys()})
 
 
 def schema_changes(old: Any, new: Any, path: str) -> Iterator[SchemaChange]:
@@ -58,7 +65,10 @@ def _keywords(old: dict[str, Any], new: dict[str, Any], path: str) -> Iterator[S
         if key in _MAPS and _is_map(before) and _is_map(after):
             yield from _members(key, _as_map(before), _as_map(after), where, new)
         elif key in _SUBSCHEMAS and isinstance(before, dict) and isinstance(after, dict):
-            yield from schema_changes(before, after, where)
+            yield from (
+                (at, _UNDER[key].get(direction, direction), was, now)
+                for at, direction, was, now in schema_changes(before, after, where)
+            )
         else:
             yield where, _direction(key, before, after), _shown(before), _shown(after)
 

@@ -121,6 +121,11 @@ def test_new_root_inside_an_allowed_root_is_neutral_elsewhere_loosening(
             {"unevaluatedProperties": False},
             "tightening",
         ),
+        # Under `not` a change works the other way: a value gone from a denylist is allowed.
+        ({"not": {"enum": ["admin", "root"]}}, {"not": {"enum": ["admin"]}}, "loosening"),
+        ({"not": {"maxLength": 8}}, {"not": {"maxLength": 9}}, "tightening"),
+        # Under `if` it picks which branch applies: which way cannot be told.
+        ({"if": {"maxLength": 8}}, {"if": {"maxLength": 9}}, "neutral"),
     ],
 )
 def test_schema_change_direction(old: dict[str, Any], new: dict[str, Any], expected: str) -> None:
