@@ -6,6 +6,7 @@ check findings and the exact engine settings. Pure.
 
 from __future__ import annotations
 
+import html
 import json
 import shlex
 from typing import Any
@@ -14,9 +15,22 @@ from .audit import AuditEntry, AuditReport
 from .relax import number
 
 
+def _text(text: str) -> str:
+    """Policy text as one line of Markdown text: a line break would let it start a line of its
+    own (``<!--`` hides the rest of the rendered report, ``##`` forges a section), and HTML in
+    it is shown, not rendered."""
+    return html.escape(" ".join(text.split()), quote=False)
+
+
+def _code(text: str) -> str:
+    """Policy text in a code span (or text holding some), its line breaks shown as ``\\n`` so
+    it stays on its line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
+    return _text(text).replace("|", "\\|")
 
 
 def _mib(value_bytes: int) -> str:
@@ -57,14 +71,14 @@ def _summary(report: AuditReport) -> list[str]:
 
 
 def _facts(entry: AuditEntry) -> list[str]:
-    command = shlex.join(entry.command)
+    command = _code(shlex.join(entry.command))
     lines = [
         f"- Policy: `{entry.file}` (sha256 `{entry.sha256}`)",
         f"- Image: `{entry.image}` pinned to `{entry.image_id}`",
         f"- Command: `{command}`",
     ]
     if entry.input_roots:
-        roots = "; ".join(f"`{w}` → `{r}`" for w, r in entry.input_roots)
+        roots = "; ".join(f"`{_code(w)}` → `{_code(r)}`" for w, r in entry.input_roots)
         lines.append(f"- Input roots (read-only): {roots}")
     else:
         lines.append("- Input roots: none (no host path can be mounted)")
@@ -74,7 +88,7 @@ def _facts(entry: AuditEntry) -> list[str]:
 def _risk(entry: AuditEntry) -> list[str]:
     if not entry.risk.reasons:
         return ["- **low**: every setting is the strict default"]
-    return [f"- **{reason.level}**: {reason.text}" for reason in entry.risk.reasons]
+    return [f"- **{reason.level}**: {_code(reason.text)}" for reason in entry.risk.reasons]
 
 
 def _relaxations(entry: AuditEntry) -> list[str]:
@@ -90,7 +104,7 @@ def _relaxations(entry: AuditEntry) -> list[str]:
 def _findings(entry: AuditEntry) -> list[str]:
     if not entry.findings:
         return ["None."]
-    return [f"- `{f.rule}` line {f.line}: {f.message}" for f in entry.findings]
+    return [f"- `{f.rule}` line {f.line}: {_text(f.message)}" for f in entry.findings]
 
 
 def _section(entry: AuditEntry) -> list[str]:
@@ -98,7 +112,7 @@ def _section(entry: AuditEntry) -> list[str]:
     return [
         f"## `{entry.tool}`: risk {entry.risk.level}",
         "",
-        *([entry.description, ""] if entry.description else []),
+        *([_text(entry.description), ""] if entry.description else []),
         *_facts(entry),
         "",
         "### Risk",
@@ -135,7 +149,9 @@ def render_md(report: AuditReport) -> str:
     ]
     if report.unparsed:
         lines += ["## Files that do not parse", ""]
-        lines += [f"- `{f.path}:{f.line}` {f.rule}: {f.message}" for f in report.unparsed]
+        lines += [
+            f"- `{_code(f.path)}:{f.line}` {f.rule}: {_text(f.message)}" for f in report.unparsed
+        ]
         lines.append("")
     for entry in report.entries:
         lines += _section(entry)

@@ -189,3 +189,21 @@ def test_repository_policies_can_be_explained(cli: CliRunner) -> None:
     code, out = cli("--policies", str(ROOT / "policies"), "policy", "explain", "testkit")
     assert code == 0
     assert "docker create" in out
+
+
+def test_policy_text_cannot_hide_or_forge_parts_of_the_markdown_report(tmp_path: Path) -> None:
+    # A line starting `<!--` opens an HTML block that hides the rest of the rendered report
+    # (this tool's risk and findings, every later tool); a line starting `##` forges a section.
+    write_policy(
+        tmp_path,
+        "sneaky",
+        description="Echo tool.\n\n<!-- reviewed\n## `sneaky`: risk low",
+        command=["python3", "/opt/tool/main.py", "x\n<!--"],
+        inputs={"allowed_roots": ["data\n<!--"], "max": 1},
+        justification={"inputs": "reads what the caller names\n<!--"},
+    )
+    text = render_md(audit_set(read_dir(tmp_path), Host(home=tmp_path / "home")))
+    lines = text.splitlines()
+    assert not [line for line in lines if line.lstrip().startswith("<!--")]
+    assert [line for line in lines if line.startswith("## ")] == ["## `sneaky`: risk high"]
+    assert "Echo tool. &lt;!-- reviewed ## `sneaky`: risk low" in lines
