@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 from .audit import AuditEntry, AuditReport
+from .catalog import printable
 from .relax import number
 
 
@@ -19,13 +20,13 @@ def _text(text: str) -> str:
     """Policy text as one line of Markdown text: a line break would let it start a line of its
     own (``<!--`` hides the rest of the rendered report, ``##`` forges a section), and HTML in
     it is shown, not rendered."""
-    return html.escape(" ".join(text.split()), quote=False)
+    return html.escape(printable(" ".join(text.split())), quote=False)
 
 
 def _code(text: str) -> str:
     """Policy text in a code span (or text holding some), its line breaks shown as ``\\n`` so
     it stays on its line."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    return printable(text)
 
 
 def _cell(text: str) -> str:

@@ -6,10 +6,23 @@ them): never renumber or reuse one; retire an id by leaving a gap.
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
 Level = Literal["error", "warning"]
+# Control, format (bidi overrides) and line/paragraph separator characters.
+_UNSHOWN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """Policy text for a terminal or a log: control, format and line-separator characters as
+    JSON escapes (``\\u001b``). A terminal acts on them (an ESC sequence in a justification can
+    erase the loosening printed above it), and bidi overrides reorder what a reviewer reads."""
+    return "".join(
+        json.dumps(char)[1:-1] if unicodedata.category(char) in _UNSHOWN else char for char in text
+    )
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,7 @@ class Finding:
     """Dotted key the finding is about (``limits.memory_mb``), when there is one."""
 
     def text(self) -> str:
-        return f"{self.path}:{self.line}: {self.rule}: {self.message}"
+        return printable(f"{self.path}:{self.line}: {self.rule}: {self.message}")
 
 
 RULES: tuple[Rule, ...] = (

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..policy import LoadedPolicy, Policy
 from .baseline import BOUNDED_FIELDS, Baseline
+from .catalog import printable
 from .relax import bounded_value
 from .schema_diff import Direction, schema_changes
 
@@ -189,7 +190,7 @@ def _value(value: Any) -> str:
     if value is None:
         return "(absent)"
     if isinstance(value, str):
-        return value
+        return printable(value)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return json.dumps(value)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .audit import AuditEntry, entry_json
+from .catalog import printable
 
 Flags = Callable[[Any], list[list[str]]]
 
@@ -101,8 +102,9 @@ def docker_argv(kwargs: dict[str, Any]) -> tuple[list[list[str]], dict[str, str]
 
 
 def render_command(groups: list[list[str]]) -> str:
-    """One option per line, shell-quoted, joined with backslash continuations."""
-    return " \\\n    ".join(shlex.join(group) for group in groups)
+    """One option per line, shell-quoted, joined with backslash continuations (control
+    characters in policy values shown as escapes, not sent to the terminal)."""
+    return " \\\n    ".join(printable(shlex.join(group)) for group in groups)
 
 
 def explain_json(entry: AuditEntry) -> dict[str, Any]:
@@ -118,12 +120,12 @@ def render_text(entry: AuditEntry) -> str:
     groups, gaps = docker_argv(entry.create_kwargs)
     lines = [
         f"# {entry.tool}: risk {entry.risk.level} ({entry.file}, sha256 {entry.sha256})",
-        *(f"#   {reason.level}: {reason.text}" for reason in entry.risk.reasons),
+        *(f"#   {reason.level}: {printable(reason.text)}" for reason in entry.risk.reasons),
         *(
-            f"#   relaxed {r.field}: {r.value} -- {r.justification or 'UNJUSTIFIED'}"
+            printable(f"#   relaxed {r.field}: {r.value} -- {r.justification or 'UNJUSTIFIED'}")
             for r in entry.relaxations
         ),
-        *(f"#   finding {f.rule} line {f.line}: {f.message}" for f in entry.findings),
+        *(f"#   finding {f.rule} line {f.line}: {printable(f.message)}" for f in entry.findings),
         "",
         "# docker SDK: client.containers.create(**kwargs) with these kwargs",
         json.dumps(entry.create_kwargs, indent=2),

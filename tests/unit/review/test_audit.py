@@ -207,3 +207,13 @@ def test_policy_text_cannot_hide_or_forge_parts_of_the_markdown_report(tmp_path:
     assert not [line for line in lines if line.lstrip().startswith("<!--")]
     assert [line for line in lines if line.startswith("## ")] == ["## `sneaky`: risk high"]
     assert "Echo tool. &lt;!-- reviewed ## `sneaky`: risk low" in lines
+
+
+def test_explain_shows_control_characters_in_policy_values_as_escapes(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    write_policy(tmp_path, "tool", env={"MODE": "fast\x1b[2K\x1b[1A"})
+    code, out = cli("--policies", str(tmp_path), "policy", "explain", "tool")
+    assert code == 0
+    assert "\x1b" not in out
+    assert "MODE=fast\\u001b[2K\\u001b[1A" in out

@@ -160,6 +160,22 @@ def test_cli_diff_exits_0_when_only_tightening(cli: CliRunner, tmp_path: Path) -
     assert "tightening  delta: network: egress -> none" in out
 
 
+def test_text_output_shows_control_characters_instead_of_sending_them_to_the_terminal(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    # ESC[1A ESC[2K in a justification moved up and erased the loosening printed above it;
+    # U+202E reorders what follows it on screen.
+    write_policy(tmp_path / "old", "tool")
+    sneaky = "needed for the mirror, reviewed\x1b[1A\x1b[2K\u202e"
+    write_policy(tmp_path / "new", "tool", network="mirror", justification={"network": sneaky})
+    code, out = cli("policy", "diff", str(tmp_path / "old"), str(tmp_path / "new"))
+    assert code == 1
+    assert "loosening   tool: network: none -> mirror" in out
+    assert "reviewed\\u001b[1A\\u001b[2K\\u202e" in out
+    assert "\x1b" not in out
+    assert "\u202e" not in out
+
+
 def test_cli_diff_json_says_whether_it_loosens(cli: CliRunner) -> None:
     import json
 
