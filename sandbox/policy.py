@@ -33,6 +33,8 @@ from .request import INPUT_NAME_RE, Request
 MAX_POLICY_BYTES = 256 * 1024
 TOOL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 IMAGE_ID_RE = r"^sha256:[0-9a-f]{64}$"
+# What a policy holds until `sandbox images lock` pins the built image (SBX006 flags it).
+PLACEHOLDER_ID = "sha256:" + "0" * 64
 MAX_FRAME_KB = 1024
 # Files in the policy directory that are not tool policies.
 NON_TOOL_FILES = frozenset({"baseline.yaml"})
@@ -398,6 +400,8 @@ def parse_policy(text: bytes, path: Path) -> LoadedPolicy:
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         line, key = _line_of(node, tuple(first["loc"]))
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        if key == "image.id":
+            message += f'; write id: "{PLACEHOLDER_ID}" and run `sandbox images lock` to pin it'
         raise PolicyFileError(message, path=where, line=line, key=key or None) from exc
     if path.stem != policy.tool:
         line, _ = _line_of(node, ("tool",))

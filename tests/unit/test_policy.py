@@ -330,3 +330,12 @@ def test_a_root_that_cannot_be_resolved_allows_nothing_and_breaks_no_other_root(
     assert staging.resolve_inputs({"a": str(data / "in.csv")}, loaded.allowed_roots)
     with pytest.raises(InvalidRequest, match="symbolic links"):
         staging.resolve_inputs({"a": str(tmp_path / "loop" / "x")}, loaded.allowed_roots)
+
+
+@pytest.mark.parametrize("image", [{"name": "sandbox/x"}, {"name": "sandbox/x", "id": "latest"}])
+def test_an_unpinned_image_says_how_to_pin_it(image: dict[str, str]) -> None:
+    # `sandbox images lock` rewrites an id that is there; a missing or non-id value is not one.
+    with pytest.raises(PolicyFileError, match="sandbox images lock") as err:
+        parse(dump(image=image))
+    assert err.value.key == "image.id"
+    assert '"sha256:' + "0" * 64 + '"' in str(err.value)
