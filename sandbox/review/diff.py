@@ -4,15 +4,18 @@ marked loosening (the tool may do more), tightening (less) or neutral (different
 What counts, per tool: image, command, user, runtime, network, limits, output, inputs
 (count and roots), env, args_schema (keyword by keyword) and justifications; tools added or
 removed; and the baseline itself. Descriptions and warm-pool sizes are not security-relevant.
-When a direction cannot be told, the change is neutral, never tightening. Pure.
+When a direction cannot be told, the change is neutral, never tightening. Pure, but for one
+look at the disk: whether a new input root inside an allowed one is a link out of it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..policy import LoadedPolicy, Policy
@@ -84,12 +87,25 @@ def _covered(root: str, roots: list[str]) -> bool:
     return False
 
 
-def _roots(tool: str, old: list[str], new: list[str]) -> Iterator[Change]:
+def _inside_really(root: str, roots: list[str], base: Path) -> bool:
+    """Whether ``root``, resolved from the policy directory ``base``, lies at or under one of
+    ``roots`` resolved the same way: a link inside an allowed root can point anywhere."""
+    real = os.path.realpath(base / Path(root).expanduser())
+    for other in roots:
+        outer = os.path.realpath(base / Path(other).expanduser())
+        if real == outer or real.startswith(outer.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def _roots(tool: str, old: list[str], new: list[str], base: Path | None) -> Iterator[Change]:
     field = "inputs.allowed_roots"
     for root in new:
         if root not in old:
-            # A root inside one that was already allowed grants nothing new.
-            direction: Direction = "neutral" if _covered(root, old) else "loosening"
+            # A root inside one that was already allowed grants nothing new, unless it is (or
+            # passes through) a link out of it: checked where the new policy is a checkout.
+            inside = _covered(root, old) and (base is None or _inside_really(root, old, base))
+            direction: Direction = "neutral" if inside else "loosening"
             yield Change(tool, field, direction, None, root)
     for root in old:
         if root not in new:
@@ -107,14 +123,17 @@ def _schema(tool: str, old: dict[str, Any], new: dict[str, Any]) -> Iterator[Cha
         yield Change(tool, path, direction, before, after)
 
 
-def policy_changes(tool: str, old: Policy, new: Policy) -> list[Change]:
-    """The security-relevant changes of one tool's policy, in file order."""
+def policy_changes(
+    tool: str, old: Policy, new: Policy, new_dir: Path | None = None
+) -> list[Change]:
+    """The security-relevant changes of one tool's policy, in file order. ``new_dir``: the new
+    policy's directory when it is one on disk (not a git revision), to resolve input roots."""
     return [
         *_scalar(tool, "image.name", old.image.name, new.image.name),
         *_scalar(tool, "image.id", old.image.id, new.image.id),
         *_scalar(tool, "command", old.command, new.command),
         *_schema(tool, old.args_schema, new.args_schema),
-        *_roots(tool, old.inputs.allowed_roots, new.inputs.allowed_roots),
+        *_roots(tool, old.inputs.allowed_roots, new.inputs.allowed_roots, new_dir),
         *_numbers(tool, old, new, "inputs."),
         *_scalar(tool, "output.required", old.output.required, new.output.required),
         *_numbers(tool, old, new, "output."),
@@ -178,7 +197,9 @@ def diff_sets(
         elif tool not in new:
             changes.append(Change(tool, "policy", "tightening", old[tool].path.name, None))
         else:
-            changes += policy_changes(tool, old[tool].policy, new[tool].policy)
+            directory = new[tool].path.parent
+            on_disk = directory if directory.is_dir() else None
+            changes += policy_changes(tool, old[tool].policy, new[tool].policy, on_disk)
     return changes
 
 

@@ -176,6 +176,23 @@ def test_text_output_shows_control_characters_instead_of_sending_them_to_the_ter
     assert "\u202e" not in out
 
 
+def test_new_root_inside_an_allowed_root_that_links_out_of_it_is_loosening(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "data" / "plain").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "data" / "link").symlink_to("../secret")
+    inputs = {"allowed_roots": ["../data"], "max": 1}
+    write_policy(tmp_path / "old", "tool", inputs=inputs)
+    roots = ["../data", "../data/plain", "../data/link/sub"]
+    write_policy(tmp_path / "new", "tool", inputs={**inputs, "allowed_roots": roots})
+    changes = changes_between(read_dir(tmp_path / "old"), read_dir(tmp_path / "new"))
+    assert {c.new: c.direction for c in changes if c.field == "inputs.allowed_roots"} == {
+        "../data/plain": "neutral",
+        "../data/link/sub": "loosening",
+    }
+
+
 def test_cli_diff_json_says_whether_it_loosens(cli: CliRunner) -> None:
     import json
 
