@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from .. import __version__
+from ..errors import InvalidRequest
 from .config import PolicyCommand, check_config
 from .dockerfile import check_dockerfile
 from .filesystem import check_filesystem
@@ -98,10 +99,21 @@ def repo_relative(path: Path, root: Path) -> str:
 def read_locks(source_dir: Path | None, root: Path) -> list[LockFile]:
     if source_dir is None or not source_dir.is_dir():
         return []
-    return [
-        LockFile(p.name, repo_relative(p, root), parse_lock(p.read_text(encoding="utf-8")))
-        for p in sorted(source_dir.glob("*.lock"))
-    ]
+    return [_read_lock(p, root) for p in sorted(source_dir.glob("*.lock"))]
+
+
+def _read_lock(path: Path, root: Path) -> LockFile:
+    """One lock file; InvalidRequest naming it (a scan reads the locks of every image)."""
+    where = repo_relative(path, root)
+    try:
+        pins = parse_lock(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        msg = f"{where}: not UTF-8 text"
+        raise InvalidRequest(msg, path=where) from exc
+    except InvalidRequest as exc:
+        msg = f"{where}: {exc.message}"
+        raise InvalidRequest(msg, path=where, **exc.details) from exc
+    return LockFile(path.name, where, pins)
 
 
 def _lock_locations(inventory: Inventory, locks: list[LockFile]) -> dict[tuple[str, str], Location]:

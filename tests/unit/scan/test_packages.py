@@ -18,6 +18,7 @@ from sandbox.scan.packages import (
     match_locks,
     requirement_findings,
 )
+from sandbox.scan.runner import read_locks
 from sandbox.scan.tarfs import snapshot_from_stream
 
 from .tarbuild import base_root
@@ -53,6 +54,19 @@ def test_lock_parsing_joins_continuations_drops_hashes_and_keeps_lines_and_marke
 def test_unpinned_requirement_in_a_lock_is_an_error() -> None:
     with pytest.raises(InvalidRequest, match="not pinned"):
         parse_lock("requests>=2\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [(b"requests>=2\n", "line 1: requests is not pinned"), (b"\xff\n", "UTF-8")],
+)
+def test_a_bad_lock_file_is_named_in_the_error(tmp_path: Path, text: bytes, problem: str) -> None:
+    # A scan reads every image's locks: "line 1: ..." alone did not say which file.
+    (tmp_path / "images" / "app").mkdir(parents=True)
+    (tmp_path / "images" / "app" / "requirements.lock").write_bytes(text)
+    with pytest.raises(InvalidRequest, match=problem) as err:
+        read_locks(tmp_path / "images" / "app", tmp_path)
+    assert str(err.value).startswith("images/app/requirements.lock: ")
 
 
 @pytest.mark.parametrize("name", ["dbt", "dagster", "eda", "pyairbyte"])
