@@ -36,6 +36,7 @@ IMAGE_ID_RE = r"^sha256:[0-9a-f]{64}$"
 # What a policy holds until `sandbox images lock` pins the built image (SBX006 flags it).
 PLACEHOLDER_ID = "sha256:" + "0" * 64
 MAX_FRAME_KB = 1024
+MAX_USER_ID = 2**31 - 1
 # Files in the policy directory that are not tool policies.
 NON_TOOL_FILES = frozenset({"baseline.yaml"})
 
@@ -195,8 +196,12 @@ class Policy(_Strict):
     @classmethod
     def _not_root(cls, value: str) -> str:
         # Numerically, as Docker reads them: "00" is uid (or gid) 0 too.
-        if any(int(part) == 0 for part in value.split(":")):
+        ids = [int(part) for part in value.split(":")]
+        if 0 in ids:
             msg = "must not be root (uid or gid 0)"
+            raise ValueError(msg)
+        if max(ids) > MAX_USER_ID:
+            msg = f"uid and gid must be at most {MAX_USER_ID} (the engine refuses larger ones)"
             raise ValueError(msg)
         return value
 

@@ -147,6 +147,8 @@ def test_huge_file_is_refused_before_parsing() -> None:
         ({"user": "00:00"}, "user"),
         ({"user": "65532:00"}, "user"),
         ({"user": "000"}, "user"),
+        # The engine refuses ids above 2**31 - 1: every run would fail at create.
+        ({"user": "2147483648:1000"}, "user"),
         ({"network": "host"}, "network"),
         ({"privileged": True}, "privileged"),
         ({"cap_add": ["SYS_ADMIN"]}, "cap_add"),
