@@ -83,7 +83,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     default, cwd = policy_dir(args), Path.cwd()
     old = read_location(args.old, default, cwd)
-    new = read_location(args.new, default, cwd)
+    new = read_location(args.new, default, cwd, required=True)
     changes = diff.diff_sets(
         load_all(old), load_all(new), load_baseline(old.baseline), load_baseline(new.baseline)
     )

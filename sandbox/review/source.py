@@ -96,13 +96,16 @@ def parse_location(text: str, default_path: Path) -> Path | GitLocation:
     return GitLocation(ref=ref, path=path or str(default_path))
 
 
-def read_location(text: str, default_path: Path, cwd: Path) -> PolicySet:
+def read_location(
+    text: str, default_path: Path, cwd: Path, *, required: bool = False
+) -> PolicySet:
     """The policy set a command-line location names (directory or git revision); relative
-    paths are relative to ``cwd``; the set is labelled with ``text`` as given."""
+    paths are relative to ``cwd``; the set is labelled with ``text`` as given. A path absent
+    at a revision is no policies (a base before the policies existed) unless ``required``."""
     location = parse_location(text, default_path)
     if isinstance(location, Path):
         return read_dir(cwd / location, label=text)
-    return read_git(location, cwd)
+    return read_git(location, cwd, required=required)
 
 
 def _git(args: list[str], cwd: Path, label: str, stdin: bytes | None = None) -> bytes:
@@ -148,8 +151,9 @@ def _resolve_commit(ref: str, cwd: Path, label: str) -> str:
         raise PolicyFileError(msg, path=label) from None
 
 
-def read_git(location: GitLocation, cwd: Path) -> PolicySet:
-    """The policy files of a directory as committed at a git revision."""
+def read_git(location: GitLocation, cwd: Path, *, required: bool = False) -> PolicySet:
+    """The policy files of a directory as committed at a git revision; PolicyFileError if
+    ``required`` and the directory is not there."""
     label = f"{GIT_PREFIX}{location.ref}:{location.path}"
     toplevel = Path(_git(["rev-parse", "--show-toplevel"], cwd, label).decode().strip())
     commit = _resolve_commit(location.ref, cwd, label)
@@ -157,6 +161,10 @@ def read_git(location: GitLocation, cwd: Path) -> PolicySet:
     label = f"{GIT_PREFIX}{location.ref}:{relative}"
     prefix = "" if relative == "." else f"{relative}/"
     listing = _git(["ls-tree", "-z", commit, "--", prefix or "."], toplevel, label)
+    if required and not listing:
+        # A mistyped path on the side under review would read as every tool removed.
+        msg = f"no directory {relative!r} at {location.ref} ({commit[:12]})"
+        raise PolicyFileError(msg, path=label)
     policies: list[PolicySource] = []
     baseline: PolicySource | None = None
     for name, blob, link in _yaml_blobs(listing):

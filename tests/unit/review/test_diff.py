@@ -275,6 +275,13 @@ def test_git_path_absent_at_the_revision_reads_as_no_policies(repo: Path) -> Non
     assert empty.baseline is None
 
 
+def test_git_path_absent_on_the_side_under_review_is_an_error(repo: Path) -> None:
+    # As NEW, a mistyped path read as every tool removed: tightening, exit 0.
+    with pytest.raises(PolicyFileError, match="no directory 'elsewhere' at main"):
+        read_location("git:main:elsewhere", Path("policies"), repo, required=True)
+    assert read_location("git:main", Path("policies"), repo, required=True).policies
+
+
 def test_a_policy_committed_as_a_symlink_is_read_through_it(repo: Path) -> None:
     # The loader follows a symlinked policy file, so a revision must too: skipping it let
     # `diff git:A git:B` miss a tool added (or loosened) through a link.
