@@ -199,6 +199,16 @@ def run(main: Callable[[Context], Any], request: dict[str, Any] | None = None) -
     except Exception as exc:  # noqa: BLE001 - the script's own failure, reported as data
         _report(ctx, "ToolError", exc, {"type": type(exc).__qualname__})
         _exit(1)
+    except SystemExit as exc:
+        # The script (or code it loads) exited before main returned: the run did not finish,
+        # whatever the status; exiting 0 here would publish partial outputs as a success.
+        early = ToolError(
+            f"the tool exited early: sys.exit({exc.code!r}) was called before main() returned "
+            "(return a result or raise an exception to end a run)",
+            {"type": "SystemExit", "code": exc.code},
+        )
+        _report(ctx, "ToolError", early.with_traceback(exc.__traceback__), early.details)
+        _exit(1)
     _exit(0)
 
 

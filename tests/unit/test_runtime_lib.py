@@ -1,0 +1,66 @@
+"""The in-container runtime (sandbox/runtime_lib/sandbox_runtime.py), run by the host's Python in a
+subprocess the way an image runs it: one request line on stdin, frames on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+LIB = Path(__file__).resolve().parents[2] / "sandbox" / "runtime_lib"
+
+
+def run_script(
+    body: str, request: dict[str, Any] | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Run ``body`` (which defines ``main``) under ``sandbox_runtime.run``; its frames."""
+    script = "from sandbox_runtime import Context, ToolError, run\n"
+    script += textwrap.dedent(body) + "\nrun(main)\n"
+    line = json.dumps(request or {"run_id": "r1", "args": {}, "inputs": {}, "output_dir": None})
+    done = subprocess.run(  # noqa: S603 - the host's own interpreter on a fixed script
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(LIB)!r})\n{script}"],
+        input=(line + "\n").encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    frames = [json.loads(raw) for raw in done.stdout.splitlines() if raw.strip()]
+    return done.returncode, frames
+
+
+def test_a_return_value_is_the_result_frame() -> None:
+    code, frames = run_script("def main(ctx):\n    return {'rows': 3}\n")
+    assert code == 0
+    assert frames == [{"type": "result", "payload": {"rows": 3}}]
+
+
+def test_sys_exit_zero_before_main_returns_fails_the_run() -> None:
+    # A definitions file or a library calling sys.exit(0) mid-run used to end the run "ok"
+    # with no result and its partial outputs published as complete.
+    code, frames = run_script(
+        """
+        import sys
+
+        def main(ctx):
+            ctx.progress("half way", 0.5)
+            sys.exit(0)
+        """
+    )
+    assert code == 1
+    assert [f["type"] for f in frames] == ["progress", "error"]
+    error = frames[-1]["error"]
+    assert error["kind"] == "ToolError"
+    assert "sys.exit(0)" in error["message"]
+    assert error["details"] == {"type": "SystemExit", "code": 0}
+    assert error["traceback"][-1]["function"] == "main"  # where the script exited
+
+
+def test_sys_exit_with_a_status_says_so() -> None:
+    code, frames = run_script("import sys\ndef main(ctx):\n    sys.exit('bad config')\n")
+    assert code == 1
+    error = frames[-1]["error"]
+    assert "sys.exit('bad config')" in error["message"]
+    assert error["details"]["code"] == "bad config"
