@@ -38,7 +38,7 @@ def _data_file(ctx: Context, fmt: str) -> Path:
             msg = f"file {wanted!r} not found in the 'data' input"
             raise ToolError(msg)
         return candidate
-    found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES[fmt])
+    found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES[fmt] and p.is_file())
     if len(found) != 1:
         msg = f"the 'data' input holds {len(found)} {fmt} files; pass 'file' to choose one"
         raise ToolError(
@@ -54,9 +54,20 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
     if fmt == "csv":
         # Dates stay text unless named: pandas' guessing is slow and silently wrong on mixed data.
         parse_dates = list(args.get("parse_dates") or []) or False
-        return pd.read_csv(
-            path, sep=str(args.get("sep", ",")), nrows=max_rows, parse_dates=parse_dates
-        )
+        try:
+            return pd.read_csv(
+                path, sep=str(args.get("sep", ",")), nrows=max_rows, parse_dates=parse_dates
+            )
+        except pd.errors.EmptyDataError as exc:
+            msg = f"{path.name} is empty: no header line and no rows to profile"
+            raise ToolError(msg) from exc
+        except UnicodeDecodeError as exc:
+            byte = exc.object[exc.start : exc.start + 1].hex()
+            msg = (
+                f"{path.name} is not UTF-8 text (byte 0x{byte}: {exc.reason}): save a CSV as "
+                "UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or pass 'format' for Parquet or DuckDB"
+            )
+            raise ToolError(msg, {"encoding": "utf-8"}) from exc
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -145,6 +156,11 @@ def main(ctx: Context) -> dict[str, Any]:
     if frame.shape[1] == 0:
         msg = f"{path.name} has no columns"
         raise ToolError(msg)
+    if frame.shape[0] == 0:
+        what = f"table {args['table']!r}" if fmt == "duckdb" else path.name
+        columns = [str(c) for c in frame.columns]
+        msg = f"{what} has no rows to profile (only the columns: {', '.join(columns[:20])})"
+        raise ToolError(msg, {"columns": columns[:100]})
     ctx.progress(f"read {len(frame)} rows x {frame.shape[1]} columns", 0.2)
 
     from data_profiling import ProfileReport  # heavy import (matplotlib, scipy), after the read

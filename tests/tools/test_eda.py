@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,29 @@ def test_parquet_profile(run_tool: RunTool) -> None:
     assert summary["rows"] == 120  # max_rows caps the read
     # Parquet carries the types: the dates arrive as dates, no parsing needed.
     assert summary["variables"]["order_date"]["type"] == "DateTime"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "bad.csv is empty: no header line and no rows"),
+        (b"a,b,c\n", "bad.csv has no rows to profile (only the columns: a, b, c)"),
+        (b"id,name\n1,caf\xe9\n", "bad.csv is not UTF-8 text (byte 0xe9"),
+    ],
+    ids=["empty", "header-only", "latin1"],
+)
+def test_a_csv_without_profilable_rows_fails_saying_what_is_wrong(
+    run_tool: RunTool, tools_root: Path, content: bytes, expected: str
+) -> None:
+    # These used to fail with pandas' or the profiler's words ("No columns to parse from file",
+    # "DataFrame is empty. Pleaseprovide ...", "'utf-8' codec can't decode ...") and no file name.
+    data = tools_root / f"eda-degenerate-{len(content)}"
+    data.mkdir()
+    (data / "bad.csv").write_bytes(content)
+    run = run_tool("eda_analyze", {}, inputs={"data": data}, output=f"{data.name}-out")
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    assert expected in error["message"]
+    assert run.outputs == {}
+    assert (data / "bad.csv").read_bytes() == content
