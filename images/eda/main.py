@@ -111,6 +111,29 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
             raise ToolError(msg, {"tables": tables[:100]}) from exc
 
 
+def _unique_columns(frame: Any) -> Any:
+    """Rename repeated column names the way pandas' CSV reader does (`a`, `a.1`, ...).
+
+    Parquet (and Arrow) allow a name twice; the profiler would describe only one of them and
+    `frame[name]` would be a frame, not a column.
+    """
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) == len(names):
+        return frame
+    taken = set(names)
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        new, n = name, 0
+        while new in seen or (new != name and new in taken):
+            n += 1
+            new = f"{name}.{n}"
+        seen.add(new)
+        unique.append(new)
+    frame.columns = unique
+    return frame
+
+
 def _summary(description: Any, frame: Any) -> dict[str, Any]:
     table = description.table
     columns = {}
@@ -152,7 +175,7 @@ def main(ctx: Context) -> dict[str, Any]:
     max_rows = int(args.get("max_rows", 1_000_000))
 
     ctx.progress(f"reading {path.name} ({fmt})", 0.05)
-    frame = _read(path, fmt, args, max_rows)
+    frame = _unique_columns(_read(path, fmt, args, max_rows))
     if frame.shape[1] == 0:
         msg = f"{path.name} has no columns"
         raise ToolError(msg)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import ROOT
 
 from .conftest import EXAMPLES, RunTool, ToolRun
 from .helpers import assert_progress, assert_refused_before_container
 
 pytestmark = pytest.mark.docker
+
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def test_csv_profile_report_and_summary(run_tool: RunTool) -> None:
@@ -121,3 +126,22 @@ def test_a_csv_without_profilable_rows_fails_saying_what_is_wrong(
     assert expected in error["message"]
     assert run.outputs == {}
     assert (data / "bad.csv").read_bytes() == content
+
+
+def test_repeated_parquet_column_names_are_profiled_apart(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # Parquet allows a name twice (columns a, a: 1..3 and 4..6); the summary used to crash after
+    # the report was written (AttributeError: 'DataFrame' object has no attribute 'dtype').
+    data = tools_root / "duplicate-columns.parquet"
+    shutil.copyfile(FIXTURES / data.name, data)
+    run = run_tool(
+        "eda_analyze",
+        {"format": "parquet", "write_json": False},
+        inputs={"data": data},
+        output="eda-dupcols",
+    )
+    assert run.cli.returncode == 0, run.explain()
+    variables = run.result["summary"]["variables"]
+    assert list(variables) == ["a", "a.1"]  # named the way pandas names them in a CSV
+    assert (variables["a"]["mean"], variables["a.1"]["mean"]) == (2.0, 5.0)
