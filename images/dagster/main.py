@@ -9,6 +9,7 @@ loading them: ``SANDBOX_OUTPUT_DIR`` and ``SANDBOX_INPUT_<NAME>`` for every inpu
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -39,7 +40,10 @@ def _load_definitions(path: Path) -> Any:
 
     # The file's directory goes on sys.path so a definitions package can import its siblings.
     sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location("sandbox_definitions", path)
+    # An explicit source loader: a file input is mounted as /inputs/definitions, without the
+    # .py suffix importlib picks a loader by.
+    loader = importlib.machinery.SourceFileLoader("sandbox_definitions", str(path))
+    spec = importlib.util.spec_from_file_location("sandbox_definitions", path, loader=loader)
     if spec is None or spec.loader is None:
         msg = f"cannot load {path} as a Python module"
         raise ToolError(msg)

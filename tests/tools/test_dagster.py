@@ -104,3 +104,16 @@ def test_failing_asset_reports_the_step_error(run_tool: RunTool, tools_root: Pat
     assert details["assets"]["downstream"]["status"] == "not_run"
     [failure] = details["failures"]
     assert "the source table is empty" in failure["stack"] or failure["causes"]
+
+
+def test_definitions_input_may_be_the_file_itself(run_tool: RunTool, tools_root: Path) -> None:
+    # The input is mounted as /inputs/definitions, without the .py suffix; importlib found no
+    # loader for it ("cannot load /inputs/definitions as a Python module").
+    definitions = tools_root / "single_file_definitions.py"
+    definitions.write_text(
+        "import dagster as dg\n\n\n@dg.asset\ndef one() -> int:\n    return 1\n\n\n"
+        "defs = dg.Definitions(assets=[one])\n"
+    )
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["assets"]["one"]["status"] == "materialized"
