@@ -37,6 +37,10 @@ COMMANDS: dict[str, list[str]] = {
 ACCEPTS_FULL_REFRESH = {"build", "run", "seed"}
 ARTIFACTS = ("run_results.json", "manifest.json", "catalog.json", "index.html", "sources.json")
 FAILED = {"error", "fail", "runtime error"}
+# The result (or error) travels as one frame; a big project's per-node list would overflow it and
+# fail a run dbt completed. Nodes beyond this share of the frame limit are left to
+# artifacts/run_results.json, which has them all.
+NODES_BUDGET = int(os.environ.get("SANDBOX_MAX_FRAME_BYTES", 1024 * 1024)) // 2
 
 
 def _project_name_and_profile(project: Path) -> tuple[str, str]:
@@ -175,6 +179,16 @@ def _nodes(run_results: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
+def _fit(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leading nodes whose JSON fits in NODES_BUDGET bytes."""
+    size = 0
+    for index, node in enumerate(nodes):
+        size += len(json.dumps(node, ensure_ascii=False, default=str).encode()) + 1
+        if size > NODES_BUDGET:
+            return nodes[:index]
+    return nodes
+
+
 def _count_rows(database: Path, nodes: list[dict[str, Any]]) -> None:
     """Fill `rows` for built models and seeds: dbt-duckdb reports no rows_affected for tables."""
     built = [
@@ -254,20 +268,20 @@ def main(ctx: Context) -> dict[str, Any]:
         key=lambda n: str(n["unique_id"]).startswith("test."),
     )
     _count_rows(database, nodes)
+    shown = _fit(nodes)
+    listed = {"nodes": shown, "nodes_omitted": len(nodes) - len(shown), "artifacts": copied}
 
     if outcome.exception is not None:
         msg = f"dbt {command} failed: {type(outcome.exception).__name__}: {outcome.exception}"
-        raise ToolError(
-            msg,
-            {"nodes": nodes, "artifacts": copied},
-        ) from outcome.exception
+        raise ToolError(msg, listed) from outcome.exception
     if failed or not outcome.success:
-        summary = "; ".join(f"{n['unique_id']} ({n['status']}): {n['message']}" for n in failed)
-        msg = f"dbt {command} failed: {summary or 'see artifacts/dbt.log'}"
-        raise ToolError(
-            msg,
-            {"failed": [n["unique_id"] for n in failed], "nodes": nodes, "artifacts": copied},
+        summary = "; ".join(
+            f"{n['unique_id']} ({n['status']}): {n['message']}" for n in failed[:10]
         )
+        if len(failed) > 10:
+            summary += f"; and {len(failed) - 10} more (details.failed)"
+        msg = f"dbt {command} failed: {summary or 'see artifacts/dbt.log'}"
+        raise ToolError(msg, {"failed": [n["unique_id"] for n in failed], **listed})
 
     ctx.progress("done", 1.0)
     counts: dict[str, int] = {}
@@ -280,8 +294,7 @@ def main(ctx: Context) -> dict[str, Any]:
         "database": database.name if database.exists() else None,
         "elapsed_s": run_results.get("elapsed_time"),
         "counts": counts,
-        "nodes": nodes,
-        "artifacts": copied,
+        **listed,
     }
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXAMPLES, RunTool, ToolRun
+from tests.conftest import PolicyDir, run_cli
+
+from .conftest import EXAMPLES, RUN_TIMEOUT, RunTool, ToolRun
 from .helpers import assert_progress, assert_refused_before_container
 
 pytestmark = pytest.mark.docker
@@ -115,3 +117,39 @@ def test_broken_model_fails_naming_the_model(
     assert statuses["model.shop.stg_users"] == "success"
     # A failed run publishes nothing (the coordinator sets its staging directory aside).
     assert run.outputs == {}
+
+
+def test_a_project_whose_node_list_overflows_a_frame_still_succeeds(
+    tool_policies: PolicyDir, tools_root: Path, tmp_path: Path
+) -> None:
+    # One entry per node in the result frame: about 420 bytes each, so a project of a few
+    # thousand nodes overflowed the 1 MiB line and a completed dbt run ended in ProtocolError.
+    # Here the policy lowers the line to 64 KiB and the project has 200 models.
+    policies = PolicyDir(path=tmp_path / "policies", roots=tool_policies.roots)
+    policies.path.mkdir()
+    data = tool_policies.read("dbt_transform")
+    data["limits"]["frame_kb"] = 64
+    policies.write("dbt_transform", data)
+    project = tools_root / "many_models"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(
+        'name: many\nversion: "1.0"\nprofile: many\nmodels:\n  many:\n    +materialized: view\n'
+    )
+    for n in range(200):
+        (project / "models" / f"model_number_{n:03}.sql").write_text(f"select {n} as x\n")
+    output = tools_root / "dbt-many"
+    cli = run_cli(
+        ["run", "dbt_transform", "--args", '{"command": "compile"}']
+        + ["--input", f"project={project}", "--output", str(output)],
+        policies=policies.path,
+        timeout=RUN_TIMEOUT,
+    )
+    assert cli.returncode == 0, cli.errors
+    result = cli.result
+    assert result["counts"] == {"success": 200}
+    shown = result["nodes"]
+    assert 0 < len(shown) < 200
+    assert result["nodes_omitted"] == 200 - len(shown)
+    # Every node is in the published run_results.json.
+    run_results = json.loads((output / "artifacts" / "run_results.json").read_text())
+    assert len(run_results["results"]) == 200
