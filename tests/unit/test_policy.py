@@ -341,3 +341,12 @@ def test_an_unpinned_image_says_how_to_pin_it(image: dict[str, str]) -> None:
         parse(dump(image=image))
     assert err.value.key == "image.id"
     assert '"sha256:' + "0" * 64 + '"' in str(err.value)
+
+
+def test_the_ingest_count_limit_is_one_its_timeout_can_read() -> None:
+    # source-faker read 250,000 users (plus their purchases) in 92 s on 1 CPU, 200,000 in 117 s on a
+    # busy machine. The schema allowed 1,000,000, a run that always hit the 300 s timeout.
+    loaded = read_policy(Path(__file__).resolve().parents[2] / "policies" / "pyairbyte_ingest.yaml")
+    assert loaded.policy.limits.timeout_s == 300
+    assert loaded.args_validator.is_valid({"config": {"count": 250_000}})
+    assert not loaded.args_validator.is_valid({"config": {"count": 250_001}})
