@@ -117,3 +117,16 @@ def test_definitions_input_may_be_the_file_itself(run_tool: RunTool, tools_root:
     run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
     assert run.cli.returncode == 0, run.explain()
     assert run.result["assets"]["one"]["status"] == "materialized"
+
+
+def test_select_with_a_job_is_refused_not_ignored(run_tool: RunTool) -> None:
+    # A job's assets are fixed by its definition: `select` was silently dropped and the run
+    # materialized whatever the job holds, reported ok.
+    run = run_tool(
+        "dagster_orchestrate",
+        {"job": "summary_job", "select": ["top_customers"]},
+        inputs={"definitions": EXAMPLES / "dagster"},
+    )
+    assert_refused_before_container(run)
+    assert "job" in run.cli.errors[0]["message"]
+    assert "select" in run.cli.errors[0]["message"]
