@@ -33,6 +33,9 @@ from typing import Any, NoReturn
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 _MAX_DEPTH = 200
+# pandas' missing-value markers, recognised by type name (this module imports no pandas): NaT is a
+# datetime whose isoformat() is "NaT", NA would become the string "<NA>". Both are null in JSON.
+_MISSING_TYPES = frozenset({"NaTType", "NAType"})
 
 
 class ToolError(Exception):
@@ -69,6 +72,8 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:  # noqa: C901, PLR0911 - one
         raise ValueError(f"value nested deeper than {_MAX_DEPTH} levels")
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    if type(value).__name__ in _MISSING_TYPES:
+        return None
     if isinstance(value, float):
         return _tag_float(value)
     if isinstance(value, dict):

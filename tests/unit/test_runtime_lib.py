@@ -64,3 +64,32 @@ def test_sys_exit_with_a_status_says_so() -> None:
     error = frames[-1]["error"]
     assert "sys.exit('bad config')" in error["message"]
     assert error["details"]["code"] == "bad config"
+
+
+def test_pandas_missing_values_are_null_not_a_datetime_or_text() -> None:
+    # Stand-ins named like pandas' own: NaT is a datetime subclass whose isoformat() is "NaT"
+    # (tagged {"$type": "datetime", "value": "NaT"}, not ISO-8601), NA has no JSON form ("<NA>").
+    code, frames = run_script(
+        """
+        import datetime
+
+        class NaTType(datetime.datetime):
+            def __new__(cls):
+                return datetime.datetime.__new__(cls, 1970, 1, 1)
+
+            def isoformat(self, *args, **kwargs):
+                return "NaT"
+
+        class NAType:
+            def __str__(self):
+                return "<NA>"
+
+        def main(ctx):
+            return {"when": [datetime.datetime(2020, 1, 1), NaTType()], "n": NAType()}
+        """
+    )
+    assert code == 0, frames
+    assert frames[-1]["payload"] == {
+        "when": [{"$type": "datetime", "value": "2020-01-01T00:00:00"}, None],
+        "n": None,
+    }
