@@ -13,6 +13,11 @@ from typing import Any
 
 from sandbox_runtime import Context, ToolError, run
 
+# Per column, in the JSON description: the most frequent values' counts (value_counts_without_nan
+# is sorted by count; value_counts_index_sorted keeps the lowest values).
+VALUE_COUNTS_KEPT = 100
+_VALUE_COUNT_KEYS = ("value_counts_without_nan", "value_counts_index_sorted")
+
 SUFFIXES = {
     "csv": (".csv", ".tsv", ".txt"),
     "parquet": (".parquet", ".pq"),
@@ -199,6 +204,7 @@ def main(ctx: Context) -> dict[str, Any]:
     written = [html.name]
     if args.get("write_json", True):
         json_path = html.with_suffix(".json")
+        _trim_value_counts(description)
         report.to_file(json_path)
         written.append(json_path.name)
     ctx.progress("done", 1.0)
@@ -213,6 +219,20 @@ def main(ctx: Context) -> dict[str, Any]:
         "files": written,
         "summary": _summary(description, frame),
     }
+
+
+def _trim_value_counts(description: Any) -> None:
+    """Keep the JSON description's value counts to each column's most frequent values.
+
+    The profiler writes every distinct value's count into the JSON (the HTML shows the top
+    few): for a column of a million distinct values that is a million entries, and rendering
+    them took a 1.5-million-row CSV past 1.5 GB and the policy's memory limit. ``n_distinct``
+    still counts them all. Done after the HTML, which is rendered from the same description."""
+    for variable in description.variables.values():
+        for key in _VALUE_COUNT_KEYS:
+            counts = variable.get(key)
+            if counts is not None and len(counts) > VALUE_COUNTS_KEPT:
+                variable[key] = counts.head(VALUE_COUNTS_KEPT)
 
 
 if __name__ == "__main__":

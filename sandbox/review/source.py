@@ -96,9 +96,7 @@ def parse_location(text: str, default_path: Path) -> Path | GitLocation:
     return GitLocation(ref=ref, path=path or str(default_path))
 
 
-def read_location(
-    text: str, default_path: Path, cwd: Path, *, required: bool = False
-) -> PolicySet:
+def read_location(text: str, default_path: Path, cwd: Path, *, required: bool = False) -> PolicySet:
     """The policy set a command-line location names (directory or git revision); relative
     paths are relative to ``cwd``; the set is labelled with ``text`` as given. A path absent
     at a revision is no policies (a base before the policies existed) unless ``required``."""

@@ -145,3 +145,27 @@ def test_repeated_parquet_column_names_are_profiled_apart(
     variables = run.result["summary"]["variables"]
     assert list(variables) == ["a", "a.1"]  # named the way pandas names them in a CSV
     assert (variables["a"]["mean"], variables["a.1"]["mean"]) == (2.0, 5.0)
+
+
+def test_a_long_csv_is_profiled_with_the_default_arguments(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # 1.5 million rows of three distinct-valued columns (≈30 MB): the JSON description listed
+    # every value's count (the profiler's full value counts), ≈1.5 GB at its peak, and the run
+    # ended in resource_limit under the policy's 1 GiB; the HTML report never needed them.
+    rows = 1_500_000
+    data = tools_root / "eda-long"
+    data.mkdir()
+    with (data / "long.csv").open("w") as out:
+        out.write("id,amount,score\n")
+        out.writelines(f"{i},{i * 0.37:.2f},{(i * 7919) % rows}\n" for i in range(rows))
+    run = run_tool("eda_analyze", {"max_rows": rows}, inputs={"data": data}, output="eda-long-out")
+    assert run.cli.returncode == 0, run.explain()
+    summary = run.result["summary"]
+    assert (summary["rows"], summary["columns"]) == (rows, 3)
+    assert summary["variables"]["id"]["n_distinct"] == rows
+    assert run.output is not None
+    description = json.loads((run.output / "profile.json").read_text())
+    assert description["table"]["n"] == rows
+    counts = description["variables"]["id"]["value_counts_without_nan"]
+    assert 0 < len(counts) <= 100
