@@ -49,7 +49,7 @@ describe('the four data tools through one session', { ...gate, timeout: 900_000 
         output_dir: out('eda'),
       }),
       session.run('pyairbyte_ingest', {
-        args: { source: 'source-faker', config: { count: 1_000_000 }, database: 'big.duckdb' },
+        args: { source: 'source-faker', config: { count: 250_000 }, database: 'big.duckdb' },
         output_dir: out('cancelled'),
       }, {
         signal: controller.signal,
