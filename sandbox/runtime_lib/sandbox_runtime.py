@@ -218,7 +218,9 @@ def run(main: Callable[[Context], Any], request: dict[str, Any] | None = None) -
 
 
 def _report(ctx: Context, kind: str, exc: BaseException, details: Any) -> None:
-    message = f"{type(exc).__name__}: {exc}" if kind == "ToolError" else str(exc)
+    # A ToolError is the tool's own words (the kind names it); any other exception is named.
+    named = kind == "ToolError" and not isinstance(exc, ToolError)
+    message = f"{type(exc).__name__}: {exc}" if named else str(exc)
     traceback.print_exception(exc, file=sys.stderr)
     try:
         ctx.error(kind, message, exc, details)

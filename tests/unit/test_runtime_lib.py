@@ -93,3 +93,13 @@ def test_pandas_missing_values_are_null_not_a_datetime_or_text() -> None:
         "when": [{"$type": "datetime", "value": "2020-01-01T00:00:00"}, None],
         "n": None,
     }
+
+
+def test_a_tool_error_says_its_own_message_and_an_exception_names_its_type() -> None:
+    # The kind already says ToolError: the message no longer starts "ToolError: ". An
+    # unexpected exception keeps its type in front, which is what tells the reader what broke.
+    _, frames = run_script("def main(ctx):\n    raise ToolError('orders.csv has no rows')\n")
+    assert frames[-1]["error"]["message"] == "orders.csv has no rows"
+    _, frames = run_script("def main(ctx):\n    return 1 / 0\n")
+    assert frames[-1]["error"]["message"] == "ZeroDivisionError: division by zero"
+    assert frames[-1]["error"]["details"] == {"type": "ZeroDivisionError"}
