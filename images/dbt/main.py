@@ -225,6 +225,21 @@ def _copy_artifacts(output_dir: Path) -> list[str]:
     return copied
 
 
+# DuckDB names a database file's catalog after its stem, and renames these (system_db...): dbt
+# then addresses DuckDB's own catalog and fails with its words ("Cannot create schema in system
+# catalog").
+RESERVED_CATALOGS = frozenset({"system", "temp", "main"})
+
+
+def _check_database_name(database: Path) -> None:
+    if database.stem.lower() in RESERVED_CATALOGS:
+        msg = (
+            f"database {database.name!r}: DuckDB reserves the catalog name {database.stem!r}; "
+            "choose another file name, e.g. 'dbt.duckdb'"
+        )
+        raise ToolError(msg, {"database": database.name})
+
+
 def main(ctx: Context) -> dict[str, Any]:
     if "project" not in ctx.inputs:
         msg = "dbt_transform needs an input named 'project' (the dbt project directory)"
@@ -235,6 +250,7 @@ def main(ctx: Context) -> dict[str, Any]:
     project = Path(ctx.inputs["project"])
     output_dir = Path(ctx.output_dir)
     database = output_dir / str(ctx.args.get("database", "dbt.duckdb"))
+    _check_database_name(database)
     command = str(ctx.args.get("command", "build"))
 
     ctx.progress("preparing profile", 0.02)

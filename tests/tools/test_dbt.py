@@ -90,6 +90,26 @@ def test_unknown_command_is_refused_before_any_container(run_tool: RunTool) -> N
     assert_refused_before_container(run)
 
 
+@pytest.mark.parametrize("database", ["system.duckdb", "Temp.duckdb"])
+def test_a_database_named_like_a_duckdb_catalog_fails_saying_so(
+    run_tool: RunTool, ingest: ToolRun, database: str
+) -> None:
+    # DuckDB's own words were all a user got: "Cannot create schema in system catalog".
+    assert ingest.output is not None
+    run = run_tool(
+        "dbt_transform",
+        {"command": "build", "database": database},
+        inputs={"project": EXAMPLES / "dbt_project", "source_db": ingest.output},
+        output=f"dbt-{database}",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    assert "DuckDB reserves the catalog name" in error["message"]
+    assert "choose another file name" in error["message"]
+    assert run.outputs == {}
+
+
 def test_broken_model_fails_naming_the_model(
     run_tool: RunTool, ingest: ToolRun, tools_root: Path
 ) -> None:
