@@ -228,7 +228,7 @@ def _copy_artifacts(output_dir: Path) -> list[str]:
 # DuckDB names a database file's catalog after its stem, and renames these (system_db...): dbt
 # then addresses DuckDB's own catalog and fails with its words ("Cannot create schema in system
 # catalog").
-RESERVED_CATALOGS = frozenset({"system", "temp", "main"})
+RESERVED_CATALOGS = frozenset({"system", "temp"})
 
 
 def _check_database_name(database: Path) -> None:
