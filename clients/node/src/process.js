@@ -104,6 +104,29 @@ export function terminate(child, graceMs = KILL_GRACE_MS) {
   child.once('exit', () => clearTimeout(timer));
 }
 
+// One 'abort' listener per signal, however many runs share it: a listener per run made Node warn
+// (MaxListenersExceededWarning) from the eleventh concurrent run on one AbortSignal.
+const abortWatchers = new WeakMap();
+
+/** Calls `fn` once when `signal` aborts; returns the function that stops watching. */
+export function whenAborted(signal, fn) {
+  let watchers = abortWatchers.get(signal);
+  if (!watchers) {
+    watchers = new Set();
+    abortWatchers.set(signal, watchers);
+    const all = watchers;
+    signal.addEventListener('abort', () => {
+      abortWatchers.delete(signal);
+      for (const watcher of all) watcher();
+    }, { once: true });
+  }
+  const watcher = () => fn();
+  watchers.add(watcher);
+  return () => {
+    watchers.delete(watcher);
+  };
+}
+
 /** What an onEvent handler threw (or its promise rejected with), whatever its type. */
 export class HandlerFailure {
   constructor(thrown) {

@@ -6,6 +6,7 @@ import { SandboxError } from './errors.js';
 import { decodeFrame, parseJson } from './json.js';
 import {
   HandlerFailure, StderrTail, buildRequest, callHandler, checkMs, commandLine, encodeRequest, spawnFailure, terminate,
+  whenAborted,
 } from './process.js';
 
 /**
@@ -66,8 +67,7 @@ class OneRun {
       this.timer = setTimeout(() => this.stop('timeout'), options.timeoutMs);
     }
     if (options.signal) {
-      this.onAbort = () => this.stop('aborted');
-      options.signal.addEventListener('abort', this.onAbort, { once: true });
+      this.unwatch = whenAborted(options.signal, () => this.stop('aborted'));
     }
   }
 
@@ -97,7 +97,7 @@ class OneRun {
     this.pending -= 1;
     if (this.pending > 0) return;
     clearTimeout(this.timer);
-    this.options.signal?.removeEventListener('abort', this.onAbort);
+    this.unwatch?.();
     if (this.handlers.length) Promise.all(this.handlers).then(() => this.settle());
     else this.settle();
   }

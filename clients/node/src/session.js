@@ -6,7 +6,7 @@ import readline from 'node:readline';
 import { SandboxError } from './errors.js';
 import { decodeFrame, parseJson, stringifyJson } from './json.js';
 import {
-  HandlerFailure, StderrTail, buildRequest, callHandler, checkMs, commandLine, spawnFailure, terminate,
+  HandlerFailure, StderrTail, buildRequest, callHandler, checkMs, commandLine, spawnFailure, terminate, whenAborted,
 } from './process.js';
 
 const CANCEL_GRACE_MS = 30_000; // after a cancel, how long to wait for the server's answer
@@ -111,8 +111,7 @@ export class SandboxSession {
       if (call.settled) return; // refused at once (a closed session)
       if (timeoutMs) call.timer = setTimeout(() => this.#stopRun(call, 'timeout'), timeoutMs);
       if (signal) {
-        call.onAbort = () => this.#stopRun(call, 'aborted');
-        signal.addEventListener('abort', call.onAbort, { once: true });
+        call.unwatch = whenAborted(signal, () => this.#stopRun(call, 'aborted'));
       }
     });
   }
@@ -275,7 +274,7 @@ export class SandboxSession {
     call.settled = true;
     clearTimeout(call.timer);
     clearTimeout(call.fallback);
-    call.signal?.removeEventListener('abort', call.onAbort);
+    call.unwatch?.();
     call.conn?.pending.delete(call.id);
     if (call.runId) call.conn?.runs.delete(call.runId);
     if (error instanceof HandlerFailure) call.reject(error.thrown);

@@ -152,6 +152,49 @@ for (const [name, run] of Object.entries(runners)) {
   });
 }
 
+// Node warns (MaxListenersExceededWarning) from the eleventh listener on one AbortSignal.
+async function warningsDuring(fn) {
+  const warnings = [];
+  const onWarning = (w) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  try {
+    await fn();
+    await new Promise((r) => setImmediate(r));
+  } finally {
+    process.off('warning', onWarning);
+  }
+  return warnings;
+}
+
+test('many session runs sharing one AbortSignal: no listener warning, all aborted', async () => {
+  const session = fake();
+  try {
+    const controller = new AbortController();
+    const warnings = await warningsDuring(async () => {
+      const runs = Array.from({ length: 15 }, () => session.run('slow', {}, { signal: controller.signal }));
+      await new Promise((r) => setTimeout(r, 200));
+      controller.abort();
+      for (const outcome of await Promise.allSettled(runs)) {
+        assert.equal(outcome.status, 'rejected');
+        assert.equal(outcome.reason.kind, 'Interrupted');
+      }
+    });
+    assert.deepEqual(warnings, []);
+  } finally {
+    await session.close();
+  }
+});
+
+test('many runTool calls sharing one AbortSignal: no listener warning', async () => {
+  const controller = new AbortController();
+  const warnings = await warningsDuring(async () => {
+    const runs = Array.from({ length: 15 }, () =>
+      runTool('echo', {}, { sandboxPath: [process.execPath, FAKE_RUN], signal: controller.signal }));
+    for (const exit of await Promise.all(runs)) assert.equal(exit.status, 'ok');
+  });
+  assert.deepEqual(warnings, []);
+});
+
 test('a crashed server rejects calls in flight and is started again for the next call', async () => {
   const session = fake();
   try {
