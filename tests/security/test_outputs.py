@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from .conftest import SecurityEnv, assert_exit, assert_host_invariants
+from .conftest import RunResult, SecurityEnv, assert_exit, assert_host_invariants
 
 pytestmark = pytest.mark.docker
 
@@ -63,18 +63,24 @@ def test_symlink_fifo_and_in_tree_hardlink(security_env: SecurityEnv) -> None:
     assert_host_invariants(security_env, result)
 
 
+def assert_nothing_published(security_env: SecurityEnv, case: str, named: str) -> RunResult:
+    """The case ended resource_limit, its error naming ``named``, with no output directory."""
+    result = security_env.result(case)
+    exit_frame = assert_exit(result, "resource_limit", 5)
+    assert named in result.errors[-1]["message"]
+    assert exit_frame["outputs"] == []
+    assert result.output_dir is not None
+    assert not result.output_dir.exists()
+    assert_host_invariants(security_env, result)
+    return result
+
+
 def test_a_fill_hidden_past_path_max_is_stopped_and_nothing_published(
     security_env: SecurityEnv,
 ) -> None:
     # The watchdog's scan once skipped what it could not open by name: 210 MiB under an 8 MiB
     # limit, and the run ended ok.
-    result = security_env.result("output_fill_past_path_max")
-    exit_frame = assert_exit(result, "resource_limit", 5)
-    assert "output directory" in result.errors[-1]["message"]
-    assert exit_frame["outputs"] == []
-    assert result.output_dir is not None
-    assert not result.output_dir.exists()
-    assert_host_invariants(security_env, result)
+    assert_nothing_published(security_env, "output_fill_past_path_max", "output directory")
 
 
 def test_a_path_too_long_is_refused_not_an_infrastructure_error(
@@ -91,11 +97,5 @@ def test_a_path_too_long_is_refused_not_an_infrastructure_error(
 def test_outputs_too_many_to_list_in_one_frame_are_not_published(
     security_env: SecurityEnv,
 ) -> None:
-    result = security_env.result("output_listing_over_frame_limit")
-    exit_frame = assert_exit(result, "resource_limit", 5)
-    assert "frame_kb" in result.errors[-1]["message"]
-    assert exit_frame["outputs"] == []
+    result = assert_nothing_published(security_env, "output_listing_over_frame_limit", "frame_kb")
     assert all(len(line) + 1 <= 1024 * 1024 for line in result.stdout.splitlines())
-    assert result.output_dir is not None
-    assert not result.output_dir.exists()
-    assert_host_invariants(security_env, result)

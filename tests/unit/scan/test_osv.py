@@ -13,8 +13,16 @@ from packaging.version import Version
 from sandbox.errors import InvalidRequest
 from sandbox.scan.cvss import base_score, rating
 from sandbox.scan.inventory import Dist, Inventory, PythonEnv
-from sandbox.scan.model import OnlineInfo, Severity
-from sandbox.scan.osv import Affected, Event, in_range, is_affected, load_database, parse_record
+from sandbox.scan.model import AdvisoryDbInfo, CheckResult, Finding, OnlineInfo, Severity
+from sandbox.scan.osv import (
+    AdvisoryIndex,
+    Affected,
+    Event,
+    in_range,
+    is_affected,
+    load_database,
+    parse_record,
+)
 from sandbox.scan.vulns import check_vulnerabilities
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -211,44 +219,38 @@ def _inventory(*dists: tuple[str, str]) -> Inventory:
     return Inventory((env,), tuple(Dist(n, v, env.root, f"/m/{n}") for n, v in dists))
 
 
-def test_vulnerability_check_without_database_claims_nothing() -> None:
-    result, findings, checked = check_vulnerabilities(
-        _inventory(("demo-pkg", "0.1")),
-        None,
-        {},
-        Severity.HIGH,
-        None,
-        OnlineInfo(status="disabled"),
+def _check(
+    index: AdvisoryIndex | None,
+    info: AdvisoryDbInfo | None,
+    *dists: tuple[str, str],
+    unknown: Severity = Severity.HIGH,
+) -> tuple[CheckResult, list[Finding], int]:
+    """The offline vulnerability check of ``dists``, with no lock-file locations."""
+    return check_vulnerabilities(
+        _inventory(*dists), index, {}, unknown, info, OnlineInfo(status="disabled")
     )
+
+
+def test_vulnerability_check_without_database_claims_nothing() -> None:
+    result, findings, checked = _check(None, None, ("demo-pkg", "0.1"))
     assert (result.status, findings, checked) == ("skipped", [], 0)
     assert "NOT checked" in result.summary
 
 
 def test_vulnerability_check_with_nothing_installed_is_not_applicable_not_clean() -> None:
     index, info = load_database(FIXTURE_DB)
-    result, _, checked = check_vulnerabilities(
-        _inventory(), index, {}, Severity.HIGH, info, OnlineInfo(status="disabled")
-    )
+    result, _, checked = _check(index, info)
     assert result.status == "not_applicable"
     assert checked == 0
 
 
 def test_advisory_without_severity_is_ranked_by_the_unknown_severity_option() -> None:
-    from sandbox.scan.osv import AdvisoryIndex
-
     index = AdvisoryIndex()
     advisory = parse_record(record())
     assert advisory is not None
     index.add(advisory)
     _, info = load_database(FIXTURE_DB)
-    result, findings, checked = check_vulnerabilities(
-        _inventory(("demo-pkg", "1.0")),
-        index,
-        {},
-        Severity.CRITICAL,
-        info,
-        OnlineInfo(status="disabled"),
-    )
+    result, findings, checked = _check(index, info, ("demo-pkg", "1.0"), unknown=Severity.CRITICAL)
     assert result.status == "findings"
     assert checked == 1
     assert findings[0].severity == Severity.CRITICAL
@@ -276,14 +278,7 @@ def test_records_that_alias_each_other_are_one_finding_with_the_stated_severity(
         for item in (pysec, ghsa, other):
             zf.writestr(f"{item['id']}.json", json.dumps(item))
     index, info = load_database(archive)
-    _, findings, _ = check_vulnerabilities(
-        _inventory(("demo-pkg", "1.0")),
-        index,
-        {},
-        Severity.HIGH,
-        info,
-        OnlineInfo(status="disabled"),
-    )
+    _, findings, _ = _check(index, info, ("demo-pkg", "1.0"))
     assert sorted((f.properties["advisory"], f.severity) for f in findings) == [
         ("GHSA-aaaa-bbbb-cccc", Severity.MEDIUM),
         ("PYSEC-2024-2", Severity.HIGH),
