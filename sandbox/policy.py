@@ -262,15 +262,15 @@ class LoadedPolicy:
     def allowed_roots(self) -> tuple[Path, ...]:
         """Allowed input roots as real absolute paths (relative ones from the policy's dir)."""
         base = self.path.parent
-        return tuple(
-            _real_root(base / Path(root).expanduser()) for root in self.policy.inputs.allowed_roots
-        )
+        return tuple(real_root(base, root) for root in self.policy.inputs.allowed_roots)
 
 
-def _real_root(path: Path) -> Path:
-    """A root's real path, resolved as inputs are. One that cannot be resolved (a symlink loop,
-    a link this process may not read) stays as written: nothing under it can be mounted, so it
-    allows nothing (and ``policy check`` says why) instead of failing every run of the tool."""
+def real_root(base: Path, root: str) -> Path:
+    """An allowed root's real path, resolved as inputs are (a relative one from ``base``, the
+    policy's directory). One that cannot be resolved (a symlink loop, a link this process may
+    not read) stays as written: nothing under it can be mounted, so it allows nothing (and
+    ``policy check`` says why) instead of failing every run of the tool."""
+    path = base / Path(root).expanduser()
     try:
         return Path(os.path.realpath(path))
     except OSError:

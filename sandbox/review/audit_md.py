@@ -23,12 +23,6 @@ def _text(text: str) -> str:
     return html.escape(printable(" ".join(text.split())), quote=False)
 
 
-def _code(text: str) -> str:
-    """Policy text in a code span (or text holding some), its line breaks shown as ``\\n`` so
-    it stays on its line."""
-    return printable(text)
-
-
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
     return _text(text).replace("|", "\\|")
@@ -72,14 +66,14 @@ def _summary(report: AuditReport) -> list[str]:
 
 
 def _facts(entry: AuditEntry) -> list[str]:
-    command = _code(shlex.join(entry.command))
+    command = printable(shlex.join(entry.command))
     lines = [
         f"- Policy: `{entry.file}` (sha256 `{entry.sha256}`)",
         f"- Image: `{entry.image}` pinned to `{entry.image_id}`",
         f"- Command: `{command}`",
     ]
     if entry.input_roots:
-        roots = "; ".join(f"`{_code(w)}` → `{_code(r)}`" for w, r in entry.input_roots)
+        roots = "; ".join(f"`{printable(w)}` → `{printable(r)}`" for w, r in entry.input_roots)
         lines.append(f"- Input roots (read-only): {roots}")
     else:
         lines.append("- Input roots: none (no host path can be mounted)")
@@ -89,7 +83,7 @@ def _facts(entry: AuditEntry) -> list[str]:
 def _risk(entry: AuditEntry) -> list[str]:
     if not entry.risk.reasons:
         return ["- **low**: every setting is the strict default"]
-    return [f"- **{reason.level}**: {_code(reason.text)}" for reason in entry.risk.reasons]
+    return [f"- **{reason.level}**: {printable(reason.text)}" for reason in entry.risk.reasons]
 
 
 def _relaxations(entry: AuditEntry) -> list[str]:
@@ -151,7 +145,8 @@ def render_md(report: AuditReport) -> str:
     if report.unparsed:
         lines += ["## Files that do not parse", ""]
         lines += [
-            f"- `{_code(f.path)}:{f.line}` {f.rule}: {_text(f.message)}" for f in report.unparsed
+            f"- `{printable(f.path)}:{f.line}` {f.rule}: {_text(f.message)}"
+            for f in report.unparsed
         ]
         lines.append("")
     for entry in report.entries:

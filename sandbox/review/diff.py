@@ -11,17 +11,17 @@ look at the disk: whether a new input root inside an allowed one is a link out o
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..policy import LoadedPolicy, Policy
+from ..policy import LoadedPolicy, Policy, real_root
 from .baseline import BOUNDED_FIELDS, Baseline
 from .catalog import printable
 from .relax import bounded_value
+from .roots import within
 from .schema_diff import Direction, schema_changes
 
 BASELINE_TOOL = "(baseline)"
@@ -88,14 +88,11 @@ def _covered(root: str, roots: list[str]) -> bool:
 
 
 def _inside_really(root: str, roots: list[str], base: Path) -> bool:
-    """Whether ``root``, resolved from the policy directory ``base``, lies at or under one of
-    ``roots`` resolved the same way: a link inside an allowed root can point anywhere."""
-    real = os.path.realpath(base / Path(root).expanduser())
-    for other in roots:
-        outer = os.path.realpath(base / Path(other).expanduser())
-        if real == outer or real.startswith(outer.rstrip("/") + "/"):
-            return True
-    return False
+    """Whether ``root``, resolved from the policy directory ``base`` as runs resolve it, lies at
+    or under one of ``roots`` resolved the same way: a link inside an allowed root can point
+    anywhere."""
+    real = real_root(base, root)
+    return any(within(real, real_root(base, other)) for other in roots)
 
 
 def _roots(tool: str, old: list[str], new: list[str], base: Path | None) -> Iterator[Change]:

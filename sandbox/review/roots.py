@@ -85,7 +85,7 @@ class Host:
         sockets.append(Path(f"/run/user/{os.getuid()}/docker.sock"))
         # Running as root, home is /root: it is then checked as a home (its credentials), not
         # refused whole, or every checkout under it would fail.
-        system = tuple(p for p in map(Path, SYSTEM_DIRS) if not _within(home, p))
+        system = tuple(p for p in map(Path, SYSTEM_DIRS) if not within(home, p))
         return cls(home=home, system_dirs=system, sockets=tuple(sockets))
 
 
@@ -94,15 +94,16 @@ def _variants(path: Path) -> set[Path]:
     return {path, path.resolve()}
 
 
-def _within(inner: Path, outer: Path) -> bool:
+def within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies under it (paths compared as given)."""
     return inner == outer or outer in inner.parents
 
 
 def _relation(root: Path, sensitive: Path) -> str | None:
     for candidate in _variants(sensitive):
-        if _within(root, candidate):
+        if within(root, candidate):
             return "is" if root == candidate else "lies under"
-        if _within(candidate, root):
+        if within(candidate, root):
             return "contains"
     return None
 
@@ -127,7 +128,7 @@ def _written_problems(written: Path | None, root: Path, host: Host) -> list[str]
         return []
     lexical = Path(os.path.normpath(written))
     for system in host.system_dirs:
-        if _within(lexical, system) and not _within(root, system):
+        if within(lexical, system) and not within(root, system):
             return [f"lies under system directory {system} as written ({lexical})"]
     return []
 
