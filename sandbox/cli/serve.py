@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from ..log import logger
-from . import widen_pipe
+from . import _reap_quietly, widen_pipe
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -143,8 +143,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _start_up(coordinator: Any, pool: Any) -> None:
-    from . import _reap_quietly
-
     _reap_quietly(coordinator)
     _prewarm(coordinator, pool)
 
