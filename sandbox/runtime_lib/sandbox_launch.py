@@ -7,6 +7,13 @@ refuses ``socket(AF_VSOCK, ...)``: older engines' default profile (e.g. Docker 2
 vsock, which on a virtual machine is a channel to the hypervisor host that no network namespace
 covers (newer engines block it the same way). 32-bit ``socketcall(SYS_SOCKET)`` is refused too,
 because the family behind its pointer argument cannot be inspected.
+
+It also answers ``clone3`` with ``ENOSYS``, which is what Docker's default profile means to do
+(it cannot inspect clone3's flags, so it refuses the call and libc falls back to ``clone``, whose
+flags it checks). gVisor applies that profile with ``EPERM`` instead, and on ``EPERM`` glibc does
+not fall back: no thread could start under runsc. Where two filters refuse with an errno, the
+newest filter's errno is the one returned (Linux and gVisor alike), so this restores ``ENOSYS``
+without allowing anything.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2
 AF_VSOCK = 40
 EAFNOSUPPORT = 97
+ENOSYS = 38
 RET_ALLOW = 0x7FFF0000
-RET_ERRNO = 0x00050000 | EAFNOSUPPORT
+RET_ERRNO = 0x00050000
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
 AUDIT_ARCH_AARCH64 = 0xC00000B7
@@ -32,35 +40,41 @@ JEQ_K = 0x15
 RET_K = 0x06
 OFF_NR, OFF_ARCH, OFF_ARG0 = 0, 4, 16  # struct seccomp_data, little-endian low word of args[0]
 
-# (arch, syscall numbers whose first argument is the address family, numbers refused outright)
+CLONE3 = 435  # the same number on every architecture below
+# (arch, syscall numbers whose first argument is the address family, numbers refused outright,
+# numbers answered "not implemented")
 ARCH_RULES = (
-    (AUDIT_ARCH_X86_64, (41, X32_BIT | 41), ()),
-    (AUDIT_ARCH_I386, (359,), (102,)),
-    (AUDIT_ARCH_AARCH64, (198,), ()),
+    (AUDIT_ARCH_X86_64, (41, X32_BIT | 41), (), (CLONE3, X32_BIT | CLONE3)),
+    (AUDIT_ARCH_I386, (359,), (102,), (CLONE3,)),
+    (AUDIT_ARCH_AARCH64, (198,), (), (CLONE3,)),
 )
 
 
 def _program() -> list[tuple[int, int, int, int]]:
     """BPF as (code, jt, jf, k); jumps are filled in from labels."""
     code: list[tuple[int, str | int, str | int, int]] = [(LD_ABS_W, 0, 0, OFF_ARCH)]
-    for index, (arch, _, _) in enumerate(ARCH_RULES):
+    for index, (arch, _, _, _) in enumerate(ARCH_RULES):
         code.append((JEQ_K, f"arch{index}", 0, arch))
     code.append((RET_K, 0, 0, RET_ALLOW))
     labels: dict[str, int] = {}
-    for index, (_, family_calls, refused) in enumerate(ARCH_RULES):
+    for index, (_, family_calls, refused, unimplemented) in enumerate(ARCH_RULES):
         labels[f"arch{index}"] = len(code)
         code.append((LD_ABS_W, 0, 0, OFF_NR))
         for nr in family_calls:
             code.append((JEQ_K, "family", 0, nr))
         for nr in refused:
             code.append((JEQ_K, "deny", 0, nr))
+        for nr in unimplemented:
+            code.append((JEQ_K, "enosys", 0, nr))
         code.append((RET_K, 0, 0, RET_ALLOW))
     labels["family"] = len(code)
     code.append((LD_ABS_W, 0, 0, OFF_ARG0))
     code.append((JEQ_K, "deny", 0, AF_VSOCK))
     code.append((RET_K, 0, 0, RET_ALLOW))
     labels["deny"] = len(code)
-    code.append((RET_K, 0, 0, RET_ERRNO))
+    code.append((RET_K, 0, 0, RET_ERRNO | EAFNOSUPPORT))
+    labels["enosys"] = len(code)
+    code.append((RET_K, 0, 0, RET_ERRNO | ENOSYS))
 
     def target(at: int, jump: str | int) -> int:
         return labels[jump] - at - 1 if isinstance(jump, str) else jump
