@@ -52,6 +52,15 @@ CASES: dict[str, Case] = {
     # --- resources ---------------------------------------------------------------------------
     "fork_bomb": _t("forkbomb", cost=3),
     "thread_bomb": _t("threadbomb"),
+    # What tools need of threads (dbt, DuckDB, pyarrow): a few start and finish, in any runtime.
+    "threads": _py(
+        "import json, threading\n"
+        "done = []\n"
+        "ts = [threading.Thread(target=done.append, args=(i,)) for i in range(8)]\n"
+        "for t in ts: t.start()\n"
+        "for t in ts: t.join()\n"
+        "print(json.dumps({'type': 'result', 'payload': {'threads': len(done)}}))\n"
+    ),
     "memory_bomb": _t("memory", cost=3, mb=2000),
     "tmpfs_fill": _t("tmpfs_fill"),
     "output_fill": _t("fill_output", "--output", "{out}", cost=3, files=50, mb_per_file=1),

@@ -103,10 +103,9 @@ class ToolRun:
 RunTool = Callable[..., ToolRun]
 
 
-@pytest.fixture(scope="session")
-def run_tool(tool_policies: PolicyDir, tools_root: Path) -> RunTool:
-    """``sandbox run TOOL --args JSON --input NAME=PATH... --output DIR`` against the pinned
-    policies; ``output`` is a fresh directory name under the session root (None: no output)."""
+def tool_runner(policies: Path, root: Path) -> RunTool:
+    """``sandbox run TOOL --args JSON --input NAME=PATH... --output DIR`` against ``policies``;
+    ``output`` is a fresh directory name under ``root`` (None: no output)."""
 
     def run(
         tool: str,
@@ -123,13 +122,19 @@ def run_tool(tool_policies: PolicyDir, tools_root: Path) -> RunTool:
             argv += ["--args", json.dumps(args)]
         for name, path in (inputs or {}).items():
             argv += ["--input", f"{name}={path}"]
-        out_dir = tools_root / output if output else None
+        out_dir = root / output if output else None
         if out_dir is not None:
             argv += ["--output", str(out_dir)]
-        cli = run_cli(argv, policies=tool_policies.path, timeout=RUN_TIMEOUT)
+        cli = run_cli(argv, policies=policies, timeout=RUN_TIMEOUT)
         return ToolRun(cli, out_dir)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_tool(tool_policies: PolicyDir, tools_root: Path) -> RunTool:
+    """``tool_runner`` against the pinned policies and the session root."""
+    return tool_runner(tool_policies.path, tools_root)
 
 
 # The demo pipeline, once per session: each step consumes the previous step's output directory.
