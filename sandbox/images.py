@@ -4,10 +4,10 @@ minimal textual edit), and ``DockerImageSource`` (the engine side of ``sandbox.s
 ``docker_runtime`` the only module that imports docker.
 
 Build conventions shared with compose.yaml (scripts/build-image.sh calls this module): context
-= repository root (``.dockerignore`` applies), ``images/NAME/Dockerfile`` ->
-``sandbox/NAME:latest``, tool images get ``BASE=sandbox/base:latest``, host networking (the
-engine's default bridge is off here), and the host CA bundle copied to
-``images/.build/ca-bundle.pem`` for builder stages.
+= repository root (``.dockerignore`` applies), ``images/NAME/Dockerfile`` -> the policy's
+``image.name`` (``sandbox/NAME``, ``:latest`` when untagged), tool images get
+``BASE=sandbox/base:latest``, host networking (the engine's default bridge is off here), and
+the host CA bundle copied to ``images/.build/ca-bundle.pem`` for builder stages.
 """
 
 from __future__ import annotations
@@ -113,19 +113,27 @@ def plan_images(
     policies: Mapping[str, LoadedPolicy],
     selected: Sequence[str],
     root: Path,
-    prefix: str = "sandbox/",
+    prefix: str | None = None,
 ) -> list[ImagePlan]:
     """Base first, then each policy image once; ``selected`` filters by tool or image name.
-    ``prefix`` names the repositories (``sandbox/`` as the policies expect; another one builds
-    a side set, e.g. for tests, without touching the pinned tags)."""
+    Each image is tagged with its policies' ``image.name`` (what ``lock``, ``doctor`` and runs
+    look up); ``prefix`` instead names a side set ``PREFIX/NAME:latest``, e.g. for tests,
+    without touching the pinned tags."""
     by_name: dict[str, list[str]] = {}
+    tags: dict[str, str] = {}
     for tool, loaded in sorted(policies.items()):
-        by_name.setdefault(short_name(loaded.policy.image.name), []).append(tool)
-    base = f"{prefix}{BASE}:latest"
+        name = short_name(loaded.policy.image.name)
+        by_name.setdefault(name, []).append(tool)
+        tag = tagged(loaded.policy.image.name) if prefix is None else f"{prefix}{name}:latest"
+        if tags.setdefault(name, tag) != tag:
+            msg = (
+                f"images/{name}/Dockerfile is built as one image, but the policies of "
+                f"{', '.join(by_name[name])} name it {tags[name]} and {tag}: use one name"
+            )
+            raise InvalidRequest(msg, path=f"images/{name}/Dockerfile")
+    base = BASE_IMAGE if prefix is None else f"{prefix}{BASE}:latest"
     plans = [ImagePlan(BASE, base, (), base)]
-    plans += [
-        ImagePlan(n, f"{prefix}{n}:latest", tuple(t), base) for n, t in sorted(by_name.items())
-    ]
+    plans += [ImagePlan(n, tags[n], tuple(t), base) for n, t in sorted(by_name.items())]
     for plan in plans:
         if not (root / plan.dockerfile).is_file():
             msg = f"{plan.dockerfile} not found (image {plan.tag} of {', '.join(plan.tools)})"

@@ -40,8 +40,9 @@ def _register_build(sub: Any) -> None:
     build.add_argument("-v", "--verbose", action="store_true", help="show every build log line")
     build.add_argument(
         "--prefix",
-        default="sandbox/",
-        help="repository prefix of the tags (default sandbox/, what the policies name)",
+        default=None,
+        help="tag a side set PREFIX + NAME:latest (base included, e.g. sandbox-staging/) "
+        "instead of the policies' image names",
     )
     build.set_defaults(handler=cmd_build)
 

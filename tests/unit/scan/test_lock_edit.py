@@ -130,3 +130,23 @@ def test_build_plan_is_base_first_then_each_policy_image_once(tmp_path: Path) ->
         "SANDBOX_REVISION_DEMO",
         "SANDBOX_LOCK_DEMO",
     }
+
+
+def test_build_plan_tags_each_image_as_its_policy_names_it(tmp_path: Path) -> None:
+    # `lock`, `doctor` and runs look the image up by the policy's image.name; build and scan
+    # used sandbox/NAME:latest whatever the name, so a tagged (or other-repository) name was
+    # built, then reported "not built" by lock, and scanned under a tag runs never use.
+    root = _policies(tmp_path)
+    text = FLOW.replace("name: sandbox/demo,", "name: acme/demo:2.1,")
+    (root / "policies" / "demo.yaml").write_text(text)
+    plans = plan_images(load_policy_dir(root / "policies"), ["demo"], root)
+    assert [p.tag for p in plans] == ["sandbox/base:latest", "acme/demo:2.1"]
+    assert plans[1].buildargs == {"BASE": "sandbox/base:latest"}
+    side = plan_images(load_policy_dir(root / "policies"), [], root, prefix="sandbox-fixture/")
+    assert [p.tag for p in side] == ["sandbox-fixture/base:latest", "sandbox-fixture/demo:latest"]
+    # Two policies naming one Dockerfile's image differently: one build cannot be both.
+    (root / "policies" / "other.yaml").write_text(
+        FLOW.replace("tool: demo", "tool: other").replace("name: sandbox/demo,", "name: x/demo,")
+    )
+    with pytest.raises(InvalidRequest, match="name it acme/demo:2.1 and x/demo:latest"):
+        plan_images(load_policy_dir(root / "policies"), [], root)
