@@ -154,11 +154,13 @@ class Context:
     def error(
         self, kind: str, message: str, exc: BaseException | None = None, details: Any = None
     ) -> None:
+        encoded = to_jsonable(details if details is not None else {})
         error = {
             "kind": kind,
             "message": message,
             "traceback": traceback_frames(exc) if exc is not None else [],
-            "details": to_jsonable(details if details is not None else {}),
+            # The protocol's details are an object: anything else is kept under "value".
+            "details": encoded if isinstance(encoded, dict) else {"value": encoded},
         }
         self._emit({"type": "error", "error": error})
 

@@ -103,3 +103,15 @@ def test_a_tool_error_says_its_own_message_and_an_exception_names_its_type() -> 
     _, frames = run_script("def main(ctx):\n    return 1 / 0\n")
     assert frames[-1]["error"]["message"] == "ZeroDivisionError: division by zero"
     assert frames[-1]["error"]["details"] == {"type": "ZeroDivisionError"}
+
+
+def test_tool_error_details_that_are_not_an_object_still_give_an_error_frame() -> None:
+    # The frame's details must be an object: a list or a string used to make the whole error
+    # frame invalid, so the coordinator passed it on as a stdout log line and the run failed
+    # with "the tool exited with status 1", the tool's own message lost.
+    _, frames = run_script("def main(ctx):\n    raise ToolError('bad rows', [3, 7])\n")
+    error = frames[-1]["error"]
+    assert error["message"] == "bad rows"
+    assert error["details"] == {"value": [3, 7]}
+    _, frames = run_script("def main(ctx):\n    raise ToolError('bad rows', 'see row 3')\n")
+    assert frames[-1]["error"]["details"] == {"value": "see row 3"}
