@@ -222,7 +222,11 @@ def run(main: Callable[[Context], Any], request: dict[str, Any] | None = None) -
 def _report(ctx: Context, kind: str, exc: BaseException, details: Any) -> None:
     # A ToolError is the tool's own words (the kind names it); any other exception is named.
     named = kind == "ToolError" and not isinstance(exc, ToolError)
-    message = f"{type(exc).__name__}: {exc}" if named else str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not cost the error frame
+        text = "<exception str() failed>"
+    message = f"{type(exc).__name__}: {text}" if named else text
     traceback.print_exception(exc, file=sys.stderr)
     try:
         ctx.error(kind, message, exc, details)

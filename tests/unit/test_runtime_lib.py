@@ -115,3 +115,23 @@ def test_tool_error_details_that_are_not_an_object_still_give_an_error_frame() -
     assert error["details"] == {"value": [3, 7]}
     _, frames = run_script("def main(ctx):\n    raise ToolError('bad rows', 'see row 3')\n")
     assert frames[-1]["error"]["details"] == {"value": "see row 3"}
+
+
+def test_an_exception_whose_str_fails_is_still_reported() -> None:
+    # A custom exception whose __str__ reads an attribute its __init__ never set: the runtime
+    # crashed formatting the message, and the run ended with no error frame at all.
+    code, frames = run_script(
+        """
+        class RowError(Exception):
+            def __str__(self):
+                return self.row_text
+
+        def main(ctx):
+            raise RowError()
+        """
+    )
+    assert code == 1
+    error = frames[-1]["error"]
+    assert error["message"] == "RowError: <exception str() failed>"
+    assert error["details"] == {"type": "RowError"}
+    assert error["traceback"][-1]["function"] == "main"
