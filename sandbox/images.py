@@ -174,7 +174,8 @@ def revision(root: Path, name: str | None = None) -> str:
     new id on every commit and void the layer cache of every image built FROM it.
     """
     paths = source_paths(name) if name else ("images", "sandbox/runtime_lib")
-    head = _git(root, "log", "-1", "--format=%H", "--", *paths)
+    # Sources no commit has touched yet (a new tool's directory): HEAD, marked dirty below.
+    head = _git(root, "log", "-1", "--format=%H", "--", *paths) or _git(root, "rev-parse", "HEAD")
     if not head:
         return "unknown"
     changes = _git(root, "status", "--porcelain", "--", *paths)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sandbox.images import (
     plan_images,
     plan_lock,
     replace_image_id,
+    revision,
     short_name,
     tagged,
 )
@@ -150,3 +152,25 @@ def test_build_plan_tags_each_image_as_its_policy_names_it(tmp_path: Path) -> No
     )
     with pytest.raises(InvalidRequest, match="name it acme/demo:2.1 and x/demo:latest"):
         plan_images(load_policy_dir(root / "policies"), [], root)
+
+
+def test_a_new_tool_no_commit_has_touched_is_labelled_dirty_not_unknown(tmp_path: Path) -> None:
+    # `unknown` is for builds outside git; a tool directory not committed yet used to get it
+    # too, so its image claimed no provenance instead of saying it came from uncommitted files.
+    root = _policies(tmp_path)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)  # noqa: S603, S607
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"],  # noqa: S607
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert revision(root, "demo") == f"{head}-dirty"
+    git("add", "images")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "images")
+    assert not revision(root, "demo").endswith("-dirty")
