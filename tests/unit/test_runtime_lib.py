@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,53 @@ def test_an_exception_whose_str_fails_is_still_reported() -> None:
     assert error["message"] == "RowError: <exception str() failed>"
     assert error["details"] == {"type": "RowError"}
     assert error["traceback"][-1]["function"] == "main"
+
+
+def test_a_large_stray_print_reaches_stderr_whole_when_the_pipe_takes_it_in_parts() -> None:
+    # Under runsc, gVisor completes a pipe write above 64 KiB only in part, and the unbuffered
+    # text stream the base image sets up (PYTHONUNBUFFERED) dropped the rest without a word: a
+    # 200 KB print arrived as its first 65,536 characters. A signal interrupting a write to a
+    # full pipe makes the host kernel do the same: the caller reads nothing for a moment while
+    # a timer fires every few milliseconds.
+    body = """
+        import signal
+
+        def main(ctx):
+            signal.signal(signal.SIGALRM, lambda *_: None)
+            signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
+            print("y" * 1_000_000)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return {"ok": True}
+        """
+    script = "from sandbox_runtime import Context, ToolError, run\n"
+    script += textwrap.dedent(body) + "\nrun(main)\n"
+    request = {"run_id": "r1", "args": {}, "inputs": {}, "output_dir": None}
+    proc = subprocess.Popen(  # noqa: S603 - the host's own interpreter on a fixed script
+        [
+            sys.executable,
+            "-I",
+            "-u",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(LIB)!r})\n{script}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write((json.dumps(request) + "\n").encode())
+    proc.stdin.close()
+    proc.stdin = None  # sent whole; communicate() only reads
+    time.sleep(0.5)  # the print fills the pipe and blocks; the timer interrupts it
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert json.loads(out.splitlines()[-1]) == {"type": "result", "payload": {"ok": True}}
+    assert err == b"y" * 1_000_000 + b"\n", f"{len(err)} bytes on stderr"
+    # The stream stands in for the interpreter's own: same name, mode, encoding and errors.
+    code, frames = run_script(
+        "import sys\ndef main(ctx):\n"
+        "    e, o = sys.stderr, sys.__stderr__\n"
+        "    return [[s.name, s.mode, s.encoding, s.errors, s.fileno()] for s in (e, o)]\n"
+    )
+    ours, interpreters = frames[-1]["payload"]
+    assert ours == interpreters
