@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..spec import LAUNCHER
 from .model import CheckResult, Finding, Severity
 from .tarfs import FsSnapshot, resolve
 
 CHECK = "config"
-# The coordinator wraps every policy command in `timeout -s KILL` (spec.wrapped_command).
+# The coordinator wraps every policy command in the launcher and `timeout -s KILL`
+# (spec.wrapped_command): `python3 -I -S /opt/sandbox/lib/sandbox_launch.py -- timeout …`.
 WRAPPER = "timeout"
 _SECRET_NAME_RE = re.compile(
     r"(?i)(pass(word|wd)?|secret|token|api[-_]?key|private[-_]?key|access[-_]?key|credential)"
@@ -146,16 +148,19 @@ def _missing_programs(
     config: Mapping[str, Any], policy: PolicyCommand, snapshot: FsSnapshot
 ) -> list[Finding]:
     path_var = _image_path_var(config, policy.env)
-    wanted = [WRAPPER, policy.command[0]]
+    wanted = dict.fromkeys([LAUNCHER[0], WRAPPER, policy.command[0]])
     missing = [p for p in wanted if _which(snapshot, p, path_var) is None]
-    # Absolute arguments (the tool script) must exist too, or every run fails at start.
-    missing += [a for a in policy.command[1:] if a.startswith("/") and resolve(snapshot, a) is None]
+    # Absolute arguments (the launcher's script, the tool script) must exist too, or every run
+    # fails at start.
+    arguments = (*LAUNCHER[1:], *policy.command[1:])
+    missing += [a for a in arguments if a.startswith("/") and resolve(snapshot, a) is None]
     return [
         _finding(
             "config.command-missing",
             Severity.HIGH,
-            f"policy {policy.tool} runs {list(policy.command)} but {program} is not in the "
-            "image (or not executable)",
+            f"policy {policy.tool} runs {list(policy.command)} under the coordinator's launcher "
+            f"({' '.join(LAUNCHER[:4])}, from sandbox/base) and `{WRAPPER}`, but {program} is "
+            "not in the image (or not executable)",
             tool=policy.tool,
             program=program,
         )

@@ -56,7 +56,8 @@ class TarBuilder:
 
 
 def base_root() -> TarBuilder:
-    """A minimal merged-/usr root with python3, timeout and the scratch directories."""
+    """A minimal merged-/usr root with python3, timeout, the launcher (as sandbox/base has them)
+    and the scratch directories."""
     return (
         TarBuilder()
         .dir("usr/bin")
@@ -64,6 +65,7 @@ def base_root() -> TarBuilder:
         .file("usr/bin/python3.11", b"\x7fELF", 0o755)
         .symlink("usr/bin/python3", "python3.11")
         .file("usr/bin/timeout", b"\x7fELF", 0o755)
+        .file("opt/sandbox/lib/sandbox_launch.py", "import os\n")
         .dir("tmp", 0o1777)
         .dir("var/tmp", 0o1777)
         .file("etc/os-release", 'ID=debian\nVERSION_ID="12"\n')

@@ -122,6 +122,17 @@ def test_missing_timeout_wrapper_is_reported() -> None:
     assert [f.properties["program"] for f in findings] == ["timeout"]
 
 
+def test_missing_launcher_is_reported() -> None:
+    # Every run starts `python3 -I -S /opt/sandbox/lib/sandbox_launch.py -- timeout …`: an image
+    # not built FROM sandbox/base (a team's own root with python3 and timeout) passed the scan
+    # and then failed every run at start.
+    tar = base_root().file("opt/tool/main.py", "x")
+    tar.members = [m for m in tar.members if not m[0].name.startswith("opt/sandbox")]
+    _, findings = check_config(CONFIG, [POLICY], snapshot_from_stream(tar.stream()))
+    assert [f.properties["program"] for f in findings] == ["/opt/sandbox/lib/sandbox_launch.py"]
+    assert "launcher" in findings[0].message
+
+
 def test_secrets_in_env_and_labels_are_found_and_never_echoed() -> None:
     config = _config(
         Env=[
