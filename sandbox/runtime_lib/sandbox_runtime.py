@@ -95,10 +95,12 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:  # noqa: C901, PLR0911 - one
         return _tag_dataframe(value, depth)
     if hasattr(value, "isoformat") and hasattr(value, "to_pydatetime"):  # pandas Timestamp
         return to_jsonable(value.to_pydatetime(), depth + 1)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return to_jsonable(value.item(), depth + 1)
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays
+    # tolist() before item(): numpy's item() converts only one-element arrays (and pandas'
+    # Series the same), where tolist() gives a list for an array and a scalar for a scalar.
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars, Series
         return to_jsonable(value.tolist(), depth + 1)
+    if hasattr(value, "item") and callable(value.item):  # other scalar wrappers
+        return to_jsonable(value.item(), depth + 1)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return str(value)

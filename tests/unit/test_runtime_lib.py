@@ -186,3 +186,30 @@ def test_a_large_stray_print_reaches_stderr_whole_when_the_pipe_takes_it_in_part
     )
     ours, interpreters = frames[-1]["payload"]
     assert ours == interpreters
+
+
+def test_arrays_become_lists_of_every_length() -> None:
+    # A stand-in shaped like numpy's ndarray (and pandas' Series): item() converts only a
+    # one-element array and raises for the rest, tolist() converts any. The runtime asked
+    # item() first, so returning an array of 2 (or 0) elements failed the run with "ValueError:
+    # can only convert an array of size 1", and one of 1 element lost its brackets.
+    code, frames = run_script(
+        """
+        class ndarray:
+            def __init__(self, values):
+                self.values = values
+
+            def item(self):
+                if len(self.values) != 1:
+                    raise ValueError("can only convert an array of size 1 to a Python scalar")
+                return self.values[0]
+
+            def tolist(self):
+                return list(self.values)
+
+        def main(ctx):
+            return {"many": ndarray([1, 2.5]), "none": ndarray([]), "one": ndarray([7])}
+        """
+    )
+    assert code == 0, frames
+    assert frames[-1]["payload"] == {"many": [1, 2.5], "none": [], "one": [7]}
