@@ -254,6 +254,9 @@ def run(main: Callable[[Context], Any], request: dict[str, Any] | None = None) -
         )
         _report(ctx, "ToolError", early.with_traceback(exc.__traceback__), early.details)
         _exit(1)
+    except BaseException as exc:  # noqa: BLE001 - asyncio.CancelledError, KeyboardInterrupt, …
+        _report(ctx, "ToolError", exc, {"type": type(exc).__qualname__})
+        _exit(1)
     _exit(0)
 
 

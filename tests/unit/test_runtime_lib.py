@@ -213,3 +213,25 @@ def test_arrays_become_lists_of_every_length() -> None:
     )
     assert code == 0, frames
     assert frames[-1]["payload"] == {"many": [1, 2.5], "none": [], "one": [7]}
+
+
+def test_an_exception_outside_exception_is_reported_too() -> None:
+    # asyncio.CancelledError (and KeyboardInterrupt, GeneratorExit) derive from BaseException
+    # only: one escaping main ended the run with no error frame, the reader left with "the tool
+    # exited with status 1" and a traceback in the log lines.
+    code, frames = run_script(
+        """
+        import asyncio
+
+        async def fetch():
+            raise asyncio.CancelledError("the fetch task was cancelled")
+
+        def main(ctx):
+            return asyncio.run(fetch())
+        """
+    )
+    assert code == 1
+    error = frames[-1]["error"]
+    assert error["message"] == "CancelledError: the fetch task was cancelled"
+    assert error["details"] == {"type": "CancelledError"}
+    assert error["traceback"][-1]["function"] == "fetch"
