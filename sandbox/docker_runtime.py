@@ -176,12 +176,16 @@ def is_not_found(exc: InfrastructureError) -> bool:
     return exc.details.get("status_code") == 404
 
 
+def short_name(image: str) -> str:
+    """``sandbox/dbt:latest`` -> ``dbt``: the directory under images/ that builds it."""
+    return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+
+
 def missing_image(name: str) -> InfrastructureError:
     """The engine has no such image: say how to build it."""
     msg = f"image {name} is not present in the engine"
-    return InfrastructureError(
-        msg, fix="build it: `make images` (or `sandbox images build NAME`)", image=name
-    )
+    fix = f"build it: `sandbox images build {short_name(name)}` (or `make images` for all)"
+    return InfrastructureError(msg, fix=fix, image=name)
 
 
 class Demuxer:

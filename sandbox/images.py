@@ -29,7 +29,14 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .docker_runtime import ENGINE_FIX, is_not_found, missing_image, refused, unreachable
+from .docker_runtime import (
+    ENGINE_FIX,
+    is_not_found,
+    missing_image,
+    refused,
+    short_name,
+    unreachable,
+)
 from .errors import InfrastructureError, InvalidRequest, PolicyFileError, SandboxError
 from .policy import LoadedPolicy, parse_policy, read_policy
 
@@ -75,11 +82,6 @@ def repo_root() -> Path:
             return candidate
     msg = "cannot find the repository (images/base/Dockerfile): run from the checkout"
     raise InvalidRequest(msg, fix="cd to the repository root")
-
-
-def short_name(image: str) -> str:
-    """``sandbox/dbt:latest`` -> ``dbt`` (the directory under images/)."""
-    return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
 
 
 def tagged(image: str) -> str:

@@ -176,6 +176,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def _targets(args: argparse.Namespace, root: Path) -> list[Any]:
     from .. import images
+    from ..docker_runtime import short_name
     from ..policy import load_policy_dir
     from ..scan.config import PolicyCommand
     from ..scan.runner import ScanTarget
@@ -183,7 +184,7 @@ def _targets(args: argparse.Namespace, root: Path) -> list[Any]:
     targets = []
     for item in args.image:
         ref, _, directory = item.partition("=")
-        source = Path(directory) if directory else root / "images" / images.short_name(ref)
+        source = Path(directory) if directory else root / "images" / short_name(ref)
         targets.append(ScanTarget(images.tagged(ref), source if source.is_dir() else None))
     if args.image and not args.tools:
         return targets

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.docker_runtime import missing_image, short_name
 from sandbox.errors import InvalidRequest
 from sandbox.images import (
     apply_lock,
@@ -15,7 +16,6 @@ from sandbox.images import (
     plan_lock,
     replace_image_id,
     revision,
-    short_name,
     tagged,
 )
 from sandbox.policy import load_policy_dir
@@ -97,6 +97,13 @@ def test_names_and_tags() -> None:
     assert tagged("sandbox/dbt") == "sandbox/dbt:latest"
     assert tagged("registry:5000/sandbox/dbt") == "registry:5000/sandbox/dbt:latest"
     assert tagged("sandbox/dbt:1.0") == "sandbox/dbt:1.0"
+
+
+def test_a_missing_image_names_the_command_that_builds_it() -> None:
+    # The fix said `sandbox images build NAME`, leaving the reader to work out NAME.
+    error = missing_image("sandbox/dbt:latest")
+    assert error.fix is not None
+    assert "`sandbox images build dbt`" in error.fix
 
 
 def _policies(tmp_path: Path) -> Path:
