@@ -194,7 +194,12 @@ class FrameAssembler:
             # The common case first: a whole line, as the runtime writes it. (`is None`, not
             # truthiness: asking a spliced frame its length decodes its payload.)
             frame = self._spliced(line, now) if line.__class__ is bytes else None
-            frames.append(self._other(stream, line) if frame is None else frame)
+            if frame is None:
+                frame = self._other(stream, line)
+                # That frame was stamped as it was made: the read's later lines may not go
+                # back before it.
+                now = stamp()
+            frames.append(frame)
         return frames
 
     def flush(self) -> list[Frame]:

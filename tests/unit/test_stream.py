@@ -127,3 +127,19 @@ def test_script_envelope_is_replaced_by_ours() -> None:
         "stdout", b'{"v":9,"run_id":"evil","seq":99,"type":"result","payload":1}\n'
     )
     assert (frames[0]["v"], frames[0]["run_id"], frames[0]["seq"]) == (1, "r", 0)
+
+
+def test_ts_never_goes_back_within_a_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A read's data lines took the moment the read began, while a progress line between them
+    # was stamped when it was made: the data line after it went back in time.
+    clock = iter(range(1_700_000_000_000_000_000, 1_800_000_000_000_000_000, 1_000_000))
+    monkeypatch.setattr("sandbox.frames.time.time_ns", lambda: next(clock))
+    chunk = (
+        b'{"type":"data","payload":1}\n'
+        b'{"type":"progress","message":"half","fraction":0.5}\n'
+        b'{"type":"data","payload":2}\n'
+    )
+    frames = assembler().feed("stdout", chunk)
+    assert [f["type"] for f in frames] == ["data", "progress", "data"]
+    stamps = [f["ts"] for f in frames]
+    assert stamps == sorted(stamps), stamps
