@@ -152,25 +152,30 @@ def write_batches(batches: Iterable[list[Frame]], out: BinaryIO) -> Frame:
 INTERRUPTED_EARLY = "interrupted before the run started; no container was created"
 
 
-def _install_interrupt(cancel: threading.Event, state: dict[str, bool]) -> None:
+def _install_interrupt(cancel: threading.Event, state: dict[str, int]) -> None:
     """SIGINT, SIGTERM and SIGHUP stop the run: its container is removed and it ends with an
     exit frame. While the request is read from stdin (which may never close) the read is
-    broken off instead."""
+    broken off instead. The signal is noted in ``state["signal"]`` for ``cmd_run`` to log."""
 
+    # No logging here: a handler may interrupt a log call holding the logger's lock (its own,
+    # when two signals arrive together), and would wait for that lock forever.
     def handle(signum: int, _frame: FrameType | None) -> None:
-        logger.warning("received signal {}: stopping the run", signum)
+        state["signal"] = state["signal"] or signum
         cancel.set()
         if state["reading"]:
             state["reading"] = False
             raise Interrupted(INTERRUPTED_EARLY)
 
     early_signals.handle(handle)
-    if early_signals.received():
+    held = early_signals.received()
+    if held:
+        state["signal"] = held[0]
         cancel.set()
 
 
-def _read_request(args: argparse.Namespace, cancel: threading.Event) -> Request | SandboxError:
-    state = {"reading": False}
+def _read_request(
+    args: argparse.Namespace, cancel: threading.Event, state: dict[str, int]
+) -> Request | SandboxError:
     _install_interrupt(cancel, state)
     try:
         state["reading"] = True  # before the check: a signal from now on breaks the read
@@ -189,7 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..docker_runtime import DockerRuntime
 
     cancel = threading.Event()
-    request = _read_request(args, cancel)
+    state = {"reading": False, "signal": 0}
+    request = _read_request(args, cancel, state)
     coordinator = Coordinator(
         runtime=DockerRuntime(), policy_dir=policy_dir(args), audit=audit_log(args)
     )
@@ -197,6 +203,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     widen_pipe(sys.stdout.buffer)
     batches = coordinator.run_batches(request, cancel=cancel)
     last = write_batches(_reaping_once_started(batches, coordinator), sys.stdout.buffer)
+    if state["signal"]:
+        logger.warning("received signal {}: the run was stopped", state["signal"])
     return EXIT_CODES.get(last.get("status", "infrastructure_error"), 6)
 
 

@@ -148,6 +148,29 @@ def test_a_signal_during_start_up_is_held_until_the_run_can_end_properly(
     assert frames[-1]["status"] == "interrupted"
 
 
+def test_a_signal_during_a_log_call_does_not_deadlock_the_run() -> None:
+    # The handler logged: a signal landing while the main thread was inside a log call (or
+    # inside the handler's own log call, when two signals arrive together: a Ctrl-C the tty
+    # and a wrapper both deliver) waited forever for the logger's lock; the process hung with
+    # its container stopped but never removed, and no exit frame.
+    code = (
+        "import os, signal, threading\n"
+        "from sandbox.cli import _install_interrupt, configure_logging\n"
+        "from sandbox.log import logger\n"
+        "configure_logging('text')\n"
+        "cancel = threading.Event()\n"
+        "_install_interrupt(cancel, {'reading': False, 'signal': 0})\n"
+        "with logger._lock:  # a log call in progress on the main thread\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "print(cancel.is_set(), flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=20, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"True\n"
+
+
 def test_commands_other_than_run_get_held_signals_back() -> None:
     code = (
         "import os, signal, sys\n"
