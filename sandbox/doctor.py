@@ -298,6 +298,8 @@ def _image_checks(facts: Facts) -> list[Check]:
                 "policies", "fail", facts.policy_error, "sandbox policy check   (and fix the file)"
             )
         ]
+    if facts.engine is None:  # gather() asks the engine about no image without one
+        return [Check("images", "warn", "pinned images not checked: the engine is unreachable")]
     checks = []
     for image in facts.images:
         name = f"image_{image.tool}"

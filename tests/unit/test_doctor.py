@@ -141,3 +141,13 @@ def test_fix_judged_by_release_line(
     parsed = parse_version(version)
     assert parsed is not None
     assert is_fixed(parsed, fixed_in) is expected
+
+
+def test_an_unreachable_engine_does_not_claim_there_are_no_policies() -> None:
+    # gather() checks no image without an engine; doctor then said "no tool policies found"
+    # of a directory full of them, sending the user after the wrong problem.
+    checks = evaluate(replace(GOOD, engine=None, engine_error="connection refused", images=()))
+    assert not any("no tool policies" in c.detail for c in checks)
+    images = by_name(checks)["images"]
+    assert images.status == "warn"
+    assert "engine is unreachable" in images.detail
