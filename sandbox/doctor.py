@@ -122,6 +122,7 @@ class Facts:
     engine: EngineInfo | None
     engine_error: str | None
     policy_error: str | None = None
+    policy_fix: str | None = None
     images: tuple[ImageFact, ...] = ()
     runtimes_needed: frozenset[str] = frozenset()
     max_memory_mb: int = 0
@@ -293,11 +294,8 @@ def _image_fix(image: str) -> str:
 
 def _image_checks(facts: Facts) -> list[Check]:
     if facts.policy_error is not None:
-        return [
-            Check(
-                "policies", "fail", facts.policy_error, "sandbox policy check   (and fix the file)"
-            )
-        ]
+        fix = facts.policy_fix or "sandbox policy check   (and fix the file)"
+        return [Check("policies", "fail", facts.policy_error, fix)]
     if facts.engine is None:  # gather() asks the engine about no image without one
         return [Check("images", "warn", "pinned images not checked: the engine is unreachable")]
     checks = []
@@ -406,12 +404,12 @@ def gather(runtime: ContainerRuntime, policy_dir: Path, audit: AuditLog) -> Fact
         engine = runtime.info()
     except SandboxError as exc:
         engine_error = exc.message
-    policy_error = None
+    policy_error = policy_fix = None
     policies: dict[str, LoadedPolicy] = {}
     try:
         policies = load_policy_dir(policy_dir)
     except SandboxError as exc:
-        policy_error = str(exc)
+        policy_error, policy_fix = exc.message, exc.fix
     images = _images(runtime, policies) if engine is not None else ()
     audit_error = None
     problems: tuple[str, ...] = ()
@@ -433,6 +431,7 @@ def gather(runtime: ContainerRuntime, policy_dir: Path, audit: AuditLog) -> Fact
         engine=engine,
         engine_error=engine_error,
         policy_error=policy_error,
+        policy_fix=policy_fix,
         images=images,
         runtimes_needed=frozenset(lp.policy.runtime for lp in policies.values()),
         max_memory_mb=max((lp.policy.limits.memory_mb for lp in policies.values()), default=0),

@@ -85,11 +85,17 @@ class PolicyFileError(InvalidRequest):
     """A policy file cannot be read, parsed or validated; names the file, line and key."""
 
     def __init__(
-        self, message: str, *, path: str, line: int | None = None, key: str | None = None
+        self,
+        message: str,
+        *,
+        path: str,
+        line: int | None = None,
+        key: str | None = None,
+        fix: str | None = None,
     ) -> None:
         where = f"{path}:{line}" if line else path
         text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
-        super().__init__(text, path=path, line=line, key=key)
+        super().__init__(text, fix=fix, path=path, line=line, key=key)
         self.path = path
         self.line = line
         self.key = key

@@ -443,11 +443,18 @@ def read_policy(path: Path) -> LoadedPolicy:
     return parse_policy(read_policy_bytes(path), path)
 
 
+# The fix for a policy directory that is not there, whichever command (and path) named it.
+POLICY_DIR_FIX = (
+    "check the path; the policy directory is --policies DIR (before the command), "
+    "else $SANDBOX_POLICY_DIR, else ./policies"
+)
+
+
 def policy_files(directory: Path) -> list[Path]:
     """The tool policy files of a directory, sorted."""
     if not directory.is_dir():
         msg = "policy directory not found"
-        raise PolicyFileError(msg, path=str(directory))
+        raise PolicyFileError(msg, path=str(directory), fix=POLICY_DIR_FIX)
     return sorted(p for p in directory.glob("*.yaml") if p.name not in NON_TOOL_FILES)
 
 
@@ -474,7 +481,7 @@ def _policy_path(directory: Path, tool: str) -> Path:
         fix = "run `sandbox tools` to list the whitelisted tools"
     else:
         msg = f"no policy for tool {tool!r}: the policy directory {directory} does not exist"
-        fix = "pass --policies DIR (before the command) or set SANDBOX_POLICY_DIR"
+        fix = POLICY_DIR_FIX
     raise PolicyDenied(msg, tool=tool, fix=fix)
 
 

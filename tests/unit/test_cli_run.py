@@ -248,3 +248,15 @@ def test_serve_answers_at_once_while_the_engine_never_does(tmp_path: Path) -> No
     by_id = {a["id"]: a for a in answers if "id" in a}
     assert [tool["tool"] for tool in by_id[1]["result"]] == ["testkit"]
     assert by_id[2]["result"] == {}
+
+
+def test_other_commands_name_the_fix_for_a_missing_policy_directory(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # `sandbox tools` (the first command a user tries) said only "policies: policy directory
+    # not found", where `run` says how to point at the policies.
+    result = run_cli(["tools"], policies=tmp_path / "nowhere", env=env)
+    assert result.returncode == 2
+    assert "policy directory not found" in result.stderr
+    assert "--policies DIR" in result.stderr
+    assert "SANDBOX_POLICY_DIR" in result.stderr

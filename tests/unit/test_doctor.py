@@ -151,3 +151,11 @@ def test_an_unreachable_engine_does_not_claim_there_are_no_policies() -> None:
     images = by_name(checks)["images"]
     assert images.status == "warn"
     assert "engine is unreachable" in images.detail
+
+
+def test_a_missing_policy_directory_gets_its_own_fix() -> None:
+    # The fix said "sandbox policy check (and fix the file)": there is no file to fix.
+    checks = evaluate(
+        replace(GOOD, images=(), policy_error="policies: not found", policy_fix="pass --policies")
+    )
+    assert by_name(checks)["policies"].fix == "pass --policies"
