@@ -124,12 +124,13 @@ def check_output_dir(raw: str) -> Path:
         msg = "output_dir is empty or contains NUL"
         raise InvalidRequest(msg, key="output_dir")
     path = Path(raw).absolute()
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if path.is_symlink():
+        msg = f"output_dir {raw} is a symbolic link; outputs are never published through one"
+        fix = "pass the real path of a new or empty directory (e.g. from `realpath`)"
+        raise InvalidRequest(msg, key="output_dir", fix=fix)
+    if path.exists() and not path.is_dir():
         msg = f"output_dir {raw} exists and is not a directory; nothing is ever overwritten"
-        raise InvalidRequest(
-            msg,
-            key="output_dir",
-        )
+        raise InvalidRequest(msg, key="output_dir", fix="pass a new or empty directory")
     if path.is_dir() and any(path.iterdir()):
         msg = f"output_dir {raw} is not empty; nothing is ever overwritten"
         raise InvalidRequest(

@@ -120,6 +120,17 @@ def test_an_output_dir_under_a_file_is_an_invalid_request(tmp_path: Path) -> Non
         staging.check_output_dir(str(tmp_path / "afile" / "sub" / "out"))
 
 
+def test_an_output_dir_that_is_a_link_is_refused_as_a_link(tmp_path: Path) -> None:
+    # A link to an empty directory was refused as "exists and is not a directory": `ls` shows
+    # a directory, and the message neither said what was wrong nor how to fix it.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(InvalidRequest, match="is a symbolic link") as refused:
+        staging.check_output_dir(str(tmp_path / "link"))
+    assert refused.value.fix is not None
+    assert "real path" in refused.value.fix
+
+
 def test_publishing_many_files_beside_many_refused_entries_takes_linear_time(
     stage: staging.OutputStaging,
 ) -> None:
