@@ -92,6 +92,10 @@ def _install_stop(stop: Callable[..., None]) -> None:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    # A closed terminal: stop like SIGTERM (as `sandbox run` does), unless the caller ignores
+    # it (`nohup`); its default action would leave the running containers behind.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handle)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """``sandbox serve`` as a subprocess against the real engine and the testkit image: streaming,
-concurrency, cancel, and stopping (EOF, SIGTERM) with containers removed."""
+concurrency, cancel, and stopping (EOF, SIGTERM, SIGHUP) with containers removed."""
 
 from __future__ import annotations
 
@@ -138,17 +138,19 @@ def test_cancel_kills_and_removes_the_container(serve: ServeProcess, docker_clie
     assert containers_for_run(docker_client, run_id) == []
 
 
-@pytest.mark.parametrize("stop", ["eof", "sigterm"])
+@pytest.mark.parametrize("stop", ["eof", "sigterm", "sighup"])
 def test_eof_or_sigterm_stops_containers_answers_pending_and_exits_0(
     serve: ServeProcess, docker_client: Any, stop: str
 ) -> None:
+    # SIGHUP (a closed terminal) once killed the server outright: no answer, and its running
+    # containers were left behind (`sandbox run` already treated it like SIGTERM).
     rpc_id = serve.call("run", {"tool": "testkit", "args": {"case": "sleep", "seconds": 60}})
     run_id, _ = serve.started()
     if stop == "eof":
         assert serve.proc.stdin is not None
         serve.proc.stdin.close()
     else:
-        serve.proc.send_signal(signal.SIGTERM)
+        serve.proc.send_signal(signal.SIGTERM if stop == "sigterm" else signal.SIGHUP)
     answers, _ = serve.responses({rpc_id})
     assert answers[rpc_id]["result"]["status"] == "interrupted"
     assert serve.proc.wait(TIMEOUT) == 0
