@@ -176,6 +176,24 @@ def is_not_found(exc: InfrastructureError) -> bool:
     return exc.details.get("status_code") == 404
 
 
+RUNSC_FIX = (
+    "apt-get install runsc, register it in /etc/docker/daemon.json as runtime 'runsc' with "
+    'runtimeArgs ["--network=none", "--oci-seccomp"] and restart dockerd (scripts/engine.sh '
+    "writes exactly this config)"
+)
+
+
+def missing_runtime(runtime: str, message: str) -> InfrastructureError:
+    """The policy asks for a runtime the engine does not have registered."""
+    fix = (
+        RUNSC_FIX
+        if runtime == "runsc"
+        else f"register the runtime {runtime!r} in /etc/docker/daemon.json and restart dockerd"
+    )
+    msg = f"the policy's runtime {runtime!r} is not registered in the engine ({message})"
+    return InfrastructureError(msg, fix=fix, runtime=runtime)
+
+
 def short_name(image: str) -> str:
     """``sandbox/dbt:latest`` -> ``dbt``: the directory under images/ that builds it."""
     return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
@@ -377,6 +395,8 @@ class DockerRuntime:
                 )
                 return str(made["Id"])
             except EngineError as exc:
+                if exc.status == 400 and "unknown runtime" in exc.message.lower():
+                    raise missing_runtime(spec.runtime, exc.message) from exc
                 if exc.status != 409:
                     raise
                 # A retried create whose first attempt reached the engine: adopt it if ours.

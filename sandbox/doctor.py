@@ -17,7 +17,7 @@ from typing import Literal
 
 from . import hostcheck
 from .audit import AuditLog, verify
-from .docker_runtime import ENGINE_FIX
+from .docker_runtime import ENGINE_FIX, RUNSC_FIX
 from .engine import MIN_API
 from .errors import SandboxError
 from .policy import LoadedPolicy, load_policy_dir
@@ -26,11 +26,6 @@ from .runtime import ContainerRuntime, EngineInfo
 CheckStatus = Literal["ok", "warn", "fail"]
 DISK_WARN_MB = 2048
 DISK_FAIL_MB = 256
-RUNSC_FIX = (
-    "apt-get install runsc, register it in /etc/docker/daemon.json as runtime 'runsc' with "
-    'runtimeArgs ["--network=none", "--oci-seccomp"] and restart dockerd (scripts/engine.sh '
-    "writes exactly this config)"
-)
 # Debian/Ubuntu record backported CVE fixes in these changelogs; a listed CVE counts as fixed.
 CHANGELOGS = {
     "runc": ("runc",),

@@ -29,7 +29,7 @@ class Request(BaseModel):
     """Input name -> host path, mounted read-only at ``/inputs/NAME``."""
     output_dir: str | None = None
     """Host directory for outputs; must not exist yet or be empty."""
-    timeout_s: float | int | None = Field(default=None, gt=0)
+    timeout_s: float | int | None = Field(default=None, gt=0, allow_inf_nan=False)
     """Lowers the policy's deadline; never raises it."""
 
 

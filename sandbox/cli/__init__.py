@@ -383,6 +383,13 @@ def _usage_exit(argv: Sequence[str], exc: SandboxError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # fd 1 closed (`>&-`): the interpreter gives no stream at all
+        print(
+            "sandbox: stdout is closed; frames and reports are written there, so give it a "
+            "pipe or a file (e.g. >/dev/null to discard them)",
+            file=sys.stderr,
+        )
+        return 2
     parser = build_parser(extensions=_command_of(argv) not in _BUILTIN_COMMANDS)
     try:
         args = parser.parse_args(argv)
@@ -418,7 +425,8 @@ def _exit_now(code: int) -> NoReturn:
     (docs/performance.md). Only the standard streams may still hold bytes."""
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: that fd was closed when the process began
+                stream.flush()
         except (OSError, ValueError):
             code = code or 1
     os._exit(code)

@@ -152,6 +152,17 @@ def test_client_errors_are_not_retried(engine: EngineStub, sleeps: list[float]) 
     assert sleeps == []
 
 
+def test_a_runtime_the_engine_lacks_names_the_fix(engine: EngineStub) -> None:
+    # The engine's own words ("Unknown runtime specified runsc") came with no fix.
+    engine.route(*CREATE, error(400, "Unknown runtime specified runc"))
+    with pytest.raises(InfrastructureError) as caught:
+        _runtime(engine).create(_spec())
+    assert "runtime 'runc' is not registered" in caught.value.message
+    assert caught.value.fix is not None
+    assert "/etc/docker/daemon.json" in caught.value.fix
+    assert _calls(engine) == {CREATE: 1}
+
+
 @pytest.mark.parametrize("failure", list(TRANSIENT))
 @pytest.mark.parametrize(
     ("endpoint", "call"),

@@ -83,6 +83,38 @@ def test_a_request_on_stdin_refuses_other_options_even_zero(
     assert "cannot be combined" in error["message"]
 
 
+@pytest.mark.parametrize("command", [["run", "echo"], ["tools"]])
+def test_a_closed_stdout_is_a_usage_error_that_says_so(
+    policy_dir: Path, env: dict[str, str], command: list[str]
+) -> None:
+    # `sandbox run … >&-` crashed with an AttributeError traceback; `tools` printed nothing
+    # and exited 0.
+    done = subprocess.run(  # noqa: S603 - the project's own CLI
+        [sys.executable, "-m", "sandbox", "--policies", str(policy_dir), *command],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),  # noqa: PLW1509 - only closes fd 1, no threads yet
+        env=env,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert b"stdout is closed" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_timeout_that_is_not_a_finite_number_is_invalid(
+    policy_dir: Path, env: dict[str, str], value: str
+) -> None:
+    # `--timeout inf` was denied as "timeout infs is above the policy's 30s" (exit 3), where
+    # the same value in a JSON request is an invalid request.
+    result = run_cli(["run", "echo", f"--timeout={value}"], policies=policy_dir, env=env)
+    error = assert_refused(result, "invalid_request", 2)
+    assert "timeout_s" in error["message"]
+
+
 def test_a_missing_policy_directory_is_named_with_the_fix(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
