@@ -179,9 +179,9 @@ def healthy(checks: Iterable[Check]) -> bool:
 
 def _engine_check(facts: Facts) -> Check:
     if facts.engine is None:
-        return Check(
-            "engine", "fail", f"Docker engine unreachable: {facts.engine_error}", ENGINE_FIX
-        )
+        # The error already says what failed ("Docker engine unreachable while trying to …").
+        detail = facts.engine_error or "Docker engine unreachable"
+        return Check("engine", "fail", detail, ENGINE_FIX)
     info = facts.engine
     return Check("engine", "ok", f"Docker {info.version} answers (API {info.api_version})")
 

@@ -52,6 +52,22 @@ def _log_level(value: str) -> str:
     return value.upper()
 
 
+def count_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            msg = f"expected an integer >= {minimum}, got {text!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
 def policy_dir(args: argparse.Namespace) -> Path:
     return Path(args.policies or os.environ.get("SANDBOX_POLICY_DIR") or "policies")
 

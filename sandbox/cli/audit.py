@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import default_path, tail, verify
+from . import count_at_least
 
 
 def _path(args: argparse.Namespace) -> Path:
@@ -74,7 +75,9 @@ def register(commands: Any) -> None:
     verify_cmd.add_argument("--json", action="store_true")
     verify_cmd.set_defaults(handler=cmd_verify)
     tail_cmd = sub.add_parser("tail", help="the most recent runs")
-    tail_cmd.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10)")
+    tail_cmd.add_argument(
+        "-n", type=count_at_least(0), default=10, metavar="N", help="how many (default 10)"
+    )
     tail_cmd.add_argument("--file", metavar="PATH", help="the audit log (default: see --audit-log)")
     tail_cmd.add_argument("--json", action="store_true", help="one JSON record per line")
     tail_cmd.set_defaults(handler=cmd_tail)

@@ -16,21 +16,7 @@ from types import FrameType
 from typing import Any, BinaryIO
 
 from ..log import logger
-from . import _reap_quietly, widen_pipe
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            msg = f"expected an integer >= {minimum}, got {text!r}"
-            raise argparse.ArgumentTypeError(msg)
-        return value
-
-    return parse
+from . import _reap_quietly, count_at_least, widen_pipe
 
 
 def _seconds(text: str) -> float:
@@ -50,12 +36,12 @@ def register(commands: Any) -> None:
     )
     serve.add_argument(
         "--max-concurrent",
-        type=_count(1),
+        type=count_at_least(1),
         metavar="N",
         help="runs at once (default: cores, at most one per 512 MiB of available memory)",
     )
     serve.add_argument(
-        "--queue", type=_count(0), metavar="N", help="runs waiting for a slot (default 64)"
+        "--queue", type=count_at_least(0), metavar="N", help="runs waiting for a slot (default 64)"
     )
     serve.add_argument(
         "--shutdown-grace",
@@ -66,7 +52,7 @@ def register(commands: Any) -> None:
     )
     serve.add_argument(
         "--pool-max",
-        type=_count(0),
+        type=count_at_least(0),
         default=8,
         metavar="N",
         help="idle pre-created containers at most on the engine, all policies and every server "

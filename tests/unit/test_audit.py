@@ -181,6 +181,13 @@ def test_cli_verify_and_tail(log: AuditLog, capsys: pytest.CaptureFixture[str]) 
     assert "TAMPERED" in capsys.readouterr().out
 
 
+def test_tail_refuses_a_negative_count(log: AuditLog, capsys: pytest.CaptureFixture[str]) -> None:
+    # `-n -2` printed nothing and exited 0.
+    write_runs(log, 3)
+    assert main(["audit", "tail", "-n", "-2", "--file", str(log.path)]) == 2
+    assert "expected an integer >= 0" in capsys.readouterr().err
+
+
 def test_an_append_reads_the_head_not_the_whole_log(
     log: AuditLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:

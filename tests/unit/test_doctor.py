@@ -84,10 +84,12 @@ def test_every_failed_check_names_a_fix() -> None:
 
 
 def test_unreachable_engine_fails_with_the_start_command() -> None:
-    checks = evaluate(replace(GOOD, engine=None, engine_error="connection refused"))
+    error = "Docker engine unreachable while trying to read the engine's version: refused"
+    checks = evaluate(replace(GOOD, engine=None, engine_error=error))
     engine = by_name(checks)["engine"]
     assert engine.status == "fail"
     assert "engine.sh" in (engine.fix or "")
+    assert engine.detail == error  # said once, not "unreachable: Docker engine unreachable …"
 
 
 def test_runsc_without_oci_seccomp_fails() -> None:
