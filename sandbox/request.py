@@ -110,7 +110,7 @@ _EXPECTED = {
     "timeout_s": "a number of seconds, or null",
 }
 # The member of a union that failed, which pydantic appends to the key (``timeout_s.float``).
-_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none"})
+_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "none", "dict[str,any]", "list[any]"})
 _EXPECTED_BY_TYPE = {
     "string_type": "a string",
     "int_type": "an integer",

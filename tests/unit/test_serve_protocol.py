@@ -318,6 +318,13 @@ def test_malformed_message_gets_its_error_and_the_server_keeps_serving(
     assert answer["result"]["rpc_errors"] == {str(code): 1}
 
 
+def test_params_of_the_wrong_type_are_named_in_json_terms(client: Client) -> None:
+    # The message named pydantic's union member: "params.dict[str,any]: must be a JSON object".
+    client.send(b'{"jsonrpc":"2.0","id":9,"method":"tools","params":"x"}')
+    error = client.next()["error"]
+    assert error["message"] == "invalid request: params: must be a JSON object (named params)"
+
+
 def test_line_longer_than_the_limit_is_refused_without_buffering_it(client: Client) -> None:
     client.send(b'{"pad":"' + b"x" * (MAX_MESSAGE_BYTES + 10) + b'"}')
     assert client.next()["error"]["code"] == INVALID_REQUEST
