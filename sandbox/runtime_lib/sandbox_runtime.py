@@ -123,14 +123,14 @@ class Context:
         self.inputs: dict[str, str] = request.get("inputs") or {}
         self.output_dir: str | None = request.get("output_dir")
         self._channel = channel
-        self._max = max_frame_bytes
+        self.max_frame_bytes = max_frame_bytes
 
     def _emit(self, frame: dict[str, Any]) -> None:
         line = json.dumps(frame, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         data = line.encode("utf-8", "replace") + b"\n"
-        if len(data) > self._max:
+        if len(data) > self.max_frame_bytes:
             raise FrameTooLarge(
-                f"{frame['type']} frame is {len(data)} bytes, over the {self._max}-byte line "
+                f"{frame['type']} frame is {len(data)} bytes, over the {self.max_frame_bytes}-byte line "
                 "limit; write large data to a file under the output directory instead"
             )
         # A raw pipe write may be partial (seen under gVisor above 64 KiB): write it all.
@@ -272,7 +272,14 @@ def _report(ctx: Context, kind: str, exc: BaseException, details: Any) -> None:
     try:
         ctx.error(kind, message, exc, details)
     except (FrameTooLarge, ValueError):
-        ctx.error(kind, message[:4096], exc, {})
+        # Over the line limit (a long message, a deep traceback, large details; a policy's
+        # frame_kb can be as low as 4): the message cut to fit, then the traceback dropped too.
+        budget = min(4096, ctx.max_frame_bytes // 4)
+        short = message.encode("utf-8", "replace")[:budget].decode("utf-8", "ignore")
+        try:
+            ctx.error(kind, short, exc, {})
+        except (FrameTooLarge, ValueError):
+            ctx.error(kind, short, None, {"traceback": "dropped: over the frame line limit"})
 
 
 def _exit(code: int) -> NoReturn:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 LIB = Path(__file__).resolve().parents[2] / "sandbox" / "runtime_lib"
 
 
@@ -235,3 +237,25 @@ def test_an_exception_outside_exception_is_reported_too() -> None:
     assert error["message"] == "CancelledError: the fetch task was cancelled"
     assert error["details"] == {"type": "CancelledError"}
     assert error["traceback"][-1]["function"] == "fetch"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "def main(ctx):\n    raise ToolError('é' * 9000)\n",
+        "def main(ctx):\n    def down(n):\n        return down(n + 1)\n    down(0)\n",
+    ],
+    ids=["long-message", "deep-traceback"],
+)
+def test_an_error_too_large_for_a_small_frame_limit_still_gets_its_frame(
+    body: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With frame_kb: 4 (3,584 bytes for the script) the fallback cut the message to 4,096
+    # characters, still over the limit: the tool's error was lost ("exited with status 1").
+    monkeypatch.setenv("SANDBOX_MAX_FRAME_BYTES", "3584")
+    code, frames = run_script(body)
+    assert code == 1
+    [error] = [f["error"] for f in frames if f["type"] == "error"]
+    assert error["kind"] == "ToolError"
+    assert error["message"]
+    assert all(len(json.dumps(f, ensure_ascii=False).encode()) < 3584 for f in frames)
