@@ -52,6 +52,12 @@ CASES: dict[str, Case] = {
     # --- resources ---------------------------------------------------------------------------
     "fork_bomb": _t("forkbomb", cost=3),
     "thread_bomb": _t("threadbomb"),
+    # A child Python's large print to the stdout it inherits, which becomes a log line (gVisor
+    # writes the container's output pipe in pieces of 64 KiB, which an unbuffered stream drops).
+    "child_large_print": _py(
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', 'print(\"q\" * 200000)'], check=True)\n"
+    ),
     # What tools need of threads (dbt, DuckDB, pyarrow): a few start and finish, in any runtime.
     "threads": _py(
         "import json, threading\n"

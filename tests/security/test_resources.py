@@ -47,6 +47,15 @@ def test_threads_start_under_both_runtimes(security_env: SecurityEnv) -> None:
     assert result.result == {"threads": 8}
 
 
+def test_a_child_pythons_large_print_arrives_whole(security_env: SecurityEnv) -> None:
+    # Under runsc it arrived as its first 65,536 bytes while PYTHONUNBUFFERED was set in the
+    # base image (docs/runtime.md).
+    result = security_env.result("child_large_print")
+    assert_exit(result, "ok", 0)
+    lines = [f["line"] for f in result.frames if f["type"] == "log" and "q" in f["line"]]
+    assert lines == ["q" * 200_000]
+
+
 def test_thread_bomb_is_held(security_env: SecurityEnv) -> None:
     result = security_env.result("thread_bomb")
     if security_env.runtime == "runc":
