@@ -152,6 +152,10 @@ class Context:
         self._emit({"type": "result", "payload": to_jsonable(payload)})
 
     def log(self, line: str, stream: str = "stderr") -> None:
+        if stream not in ("stderr", "stdout"):
+            # The coordinator would take the invalid frame for a plain stdout line.
+            msg = f"log stream must be 'stderr' or 'stdout', not {stream!r}"
+            raise ValueError(msg)
         self._emit({"type": "log", "stream": stream, "line": str(line)})
 
     def error(

@@ -259,3 +259,11 @@ def test_an_error_too_large_for_a_small_frame_limit_still_gets_its_frame(
     assert error["kind"] == "ToolError"
     assert error["message"]
     assert all(len(json.dumps(f, ensure_ascii=False).encode()) < 3584 for f in frames)
+
+
+def test_a_log_line_to_an_unknown_stream_is_the_scripts_error() -> None:
+    # It became an invalid frame, which reached the caller as a stdout line of raw JSON.
+    code, frames = run_script("def main(ctx):\n    ctx.log('hi', stream='bogus')\n")
+    assert code == 1
+    [error] = [f["error"] for f in frames if f["type"] == "error"]
+    assert "log stream must be 'stderr' or 'stdout'" in error["message"]
