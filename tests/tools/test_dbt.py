@@ -173,3 +173,25 @@ def test_a_project_whose_node_list_overflows_a_frame_still_succeeds(
     # Every node is in the published run_results.json.
     run_results = json.loads((output / "artifacts" / "run_results.json").read_text())
     assert len(run_results["results"]) == 200
+
+
+def test_a_project_requiring_another_dbt_version_fails_saying_so(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # DBT_VERSION_CHECK=false in the policy skipped `require-dbt-version`: a project pinned to
+    # another dbt ran silently under 1.11.
+    project = tools_root / "needs_newer_dbt"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(
+        'name: newer\nversion: "1.0"\nprofile: newer\nrequire-dbt-version: ">=99.0.0"\n'
+    )
+    (project / "models" / "m.sql").write_text("select 1 as x\n")
+    run = run_tool(
+        "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-newer"
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    assert ">=99.0.0" in error["message"]
+    assert "1.11" in error["message"]
+    assert run.outputs == {}
