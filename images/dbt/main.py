@@ -114,13 +114,16 @@ def _write_profile(
     (PROFILES / "profiles.yml").write_text(yaml.safe_dump(profiles, sort_keys=False))
 
 
-def _dbt_args(ctx: Context, project: Path) -> list[str]:
+def _dbt_args(ctx: Context, project: Path, profile: str) -> list[str]:
     args = ctx.args
     command = str(args.get("command", "build"))
     words = list(COMMANDS[command])
     words += [
         "--project-dir", str(project),
         "--profiles-dir", str(PROFILES),
+        # The profile written above, by name: dbt otherwise insists on a `profile:` key in
+        # dbt_project.yml and renders it (an env_var() there named a profile that did not exist).
+        "--profile", profile,
         "--target", "sandbox",
         "--target-path", str(TARGET),
         "--log-path", str(LOGS),
@@ -270,7 +273,7 @@ def main(ctx: Context) -> dict[str, Any]:
 
     from dbt.cli.main import dbtRunner  # heavy import, after the cheap checks
 
-    words = _dbt_args(ctx, project)
+    words = _dbt_args(ctx, project, profile)
     ctx.progress(f"dbt {' '.join(COMMANDS[command])} ({name})", 0.05)
     outcome = dbtRunner(callbacks=[_Progress(ctx)]).invoke(words)
 

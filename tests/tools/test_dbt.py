@@ -195,3 +195,26 @@ def test_a_project_requiring_another_dbt_version_fails_saying_so(
     assert ">=99.0.0" in error["message"]
     assert "1.11" in error["message"]
     assert run.outputs == {}
+
+
+@pytest.mark.parametrize(
+    "profile_line",
+    ["", "profile: \"{{ env_var('DBT_PROFILE', 'analytics') }}\"\n"],
+    ids=["no-profile-key", "profile-from-env-var"],
+)
+def test_a_project_without_a_plain_profile_name_runs_on_the_generated_profile(
+    run_tool: RunTool, tools_root: Path, profile_line: str
+) -> None:
+    # dbt refused a project without `profile:` ("no profile was specified") and rendered an
+    # env_var() profile to a name the generated profiles.yml did not have.
+    name = "noprofile" if not profile_line else "envprofile"
+    project = tools_root / name
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(f'name: {name}\nversion: "1.0"\n{profile_line}')
+    (project / "models" / "m.sql").write_text("select 1 as x\n")
+    run = run_tool(
+        "dbt_transform", {"command": "run"}, inputs={"project": project}, output=f"dbt-{name}"
+    )
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["counts"] == {"success": 1}
+    assert f"model.{name}.m" in {n["unique_id"] for n in run.result["nodes"]}
