@@ -228,6 +228,13 @@ def _copy_artifacts(output_dir: Path) -> list[str]:
     return copied
 
 
+NO_DEPS = (
+    "\ndbt_transform cannot run `dbt deps` (no network): vendor the packages instead. Run "
+    "`dbt deps` outside the sandbox, keep the installed packages inside the project (e.g. its "
+    "dbt_packages/ directory) and point `packages-install-path` in dbt_project.yml at them "
+    "(`packages-install-path: dbt_packages`)"
+)
+
 # DuckDB names a database file's catalog after its stem, and renames these (system_db...): dbt
 # then addresses DuckDB's own catalog and fails with its words ("Cannot create schema in system
 # catalog").
@@ -272,6 +279,7 @@ def main(ctx: Context) -> dict[str, Any]:
     os.environ.setdefault("DBT_PACKAGES_INSTALL_PATH", str(WORK / "dbt_packages"))
 
     from dbt.cli.main import dbtRunner  # heavy import, after the cheap checks
+    from dbt.exceptions import UninstalledPackagesFoundError
 
     words = _dbt_args(ctx, project, profile)
     ctx.progress(f"dbt {' '.join(COMMANDS[command])} ({name})", 0.05)
@@ -292,6 +300,9 @@ def main(ctx: Context) -> dict[str, Any]:
 
     if outcome.exception is not None:
         msg = f"dbt {command} failed: {type(outcome.exception).__name__}: {outcome.exception}"
+        if isinstance(outcome.exception, UninstalledPackagesFoundError):
+            # dbt's own advice ("Run dbt deps") is no command here, and deps needs a network.
+            msg += NO_DEPS
         raise ToolError(msg, listed) from outcome.exception
     if failed or not outcome.success:
         summary = "; ".join(

@@ -218,3 +218,46 @@ def test_a_project_without_a_plain_profile_name_runs_on_the_generated_profile(
     assert run.cli.returncode == 0, run.explain()
     assert run.result["counts"] == {"success": 1}
     assert f"model.{name}.m" in {n["unique_id"] for n in run.result["nodes"]}
+
+
+def _project_with_package(root: Path, name: str, install_path: str) -> Path:
+    """A project whose packages.yml lists `helpers`, used by its only model."""
+    project = root / name
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(
+        f'name: {name}\nversion: "1.0"\nprofile: {name}\npackages-install-path: "{install_path}"\n'
+    )
+    (project / "packages.yml").write_text(
+        "packages:\n  - package: acme/helpers\n    version: 0.1.0\n"
+    )
+    (project / "models" / "m.sql").write_text("select {{ helpers.answer() }} as x\n")
+    return project
+
+
+def test_a_project_with_uninstalled_packages_fails_saying_how_to_vendor_them(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # dbt's own advice was 'Run "dbt deps"', a command dbt_transform does not offer.
+    install_path = "{{ env_var('DBT_PACKAGES_INSTALL_PATH', 'dbt_packages') }}"
+    project = _project_with_package(tools_root, "needs_deps", install_path)
+    run = run_tool(
+        "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-deps"
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert "UninstalledPackagesFoundError" in error["message"]
+    assert "cannot run `dbt deps`" in error["message"]
+    assert "packages-install-path: dbt_packages" in error["message"]
+
+
+def test_a_project_with_vendored_packages_runs(run_tool: RunTool, tools_root: Path) -> None:
+    project = _project_with_package(tools_root, "vendored", "dbt_packages")
+    package = project / "dbt_packages" / "helpers"
+    (package / "macros").mkdir(parents=True)
+    (package / "dbt_project.yml").write_text('name: helpers\nversion: "0.1.0"\n')
+    (package / "macros" / "answer.sql").write_text("{% macro answer() %}42{% endmacro %}\n")
+    run = run_tool(
+        "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-vendored"
+    )
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["nodes"][0]["rows"] == 1
