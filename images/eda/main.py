@@ -106,14 +106,33 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
             sql = f"SELECT * FROM {quoted} LIMIT {int(max_rows)}"  # noqa: S608
             return con.execute(sql).df()
         except duckdb.CatalogException as exc:
-            tables = [
-                ".".join(r)
-                for r in con.execute(
-                    "SELECT table_schema, table_name FROM information_schema.tables ORDER BY 1, 2"
-                ).fetchall()
-            ]
+            listed = con.execute(
+                "SELECT table_schema, table_name, table_type FROM information_schema.tables "
+                "ORDER BY 1, 2"
+            ).fetchall()
+            tables = [f"{schema}.{name}" for schema, name, _ in listed]
+            # The table may exist and fail inside: a view over a database attached when it was
+            # created (dbt's source_db) names a catalog this connection does not have.
+            wanted = table.lower().split(".")[-2:]
+            kinds = [kind for schema, name, kind in listed if _matches(schema, name, wanted)]
+            if kinds:
+                what = "view" if "VIEW" in kinds[0].upper() else "table"
+                msg = f"{what} {table!r} in {path.name} cannot be read: {exc}"
+                if what == "view":
+                    msg += (
+                        " (a view reads other tables when queried; one over a database that is "
+                        "not part of this file cannot be profiled: make it a table, e.g. dbt's "
+                        "`materialized: table`)"
+                    )
+                raise ToolError(msg, {"tables": tables[:100]}) from exc
             msg = f"table {table!r} not found in {path.name}"
             raise ToolError(msg, {"tables": tables[:100]}) from exc
+
+
+def _matches(schema: str, name: str, wanted: list[str]) -> bool:
+    """Whether information_schema's `schema.name` is the (lower-cased) `[schema,] table` asked
+    for; DuckDB resolves unquoted and quoted identifiers case-insensitively."""
+    return [schema.lower(), name.lower()][-len(wanted) :] == wanted
 
 
 def _unique_columns(frame: Any) -> Any:

@@ -169,3 +169,38 @@ def test_a_long_csv_is_profiled_with_the_default_arguments(
     assert description["table"]["n"] == rows
     counts = description["variables"]["id"]["value_counts_without_nan"]
     assert 0 < len(counts) <= 100
+
+
+def test_a_view_over_a_detached_database_fails_saying_so(
+    run_tool: RunTool, ingest: ToolRun, tools_root: Path
+) -> None:
+    # A dbt view over the attached source_db exists in the file but reads a catalog this
+    # connection lacks: the error said "table 'main.users_view' not found" and listed it.
+    project = tools_root / "view_project"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text(
+        'name: views\nversion: "1.0"\nprofile: views\nmodels:\n  views:\n    +materialized: view\n'
+    )
+    (project / "models" / "users_view.sql").write_text("select * from source_db.main.users\n")
+    assert ingest.output is not None
+    dbt = run_tool(
+        "dbt_transform",
+        {"command": "run"},
+        inputs={"project": project, "source_db": ingest.output},
+        output="dbt-views",
+    )
+    assert dbt.cli.returncode == 0, dbt.explain()
+    assert dbt.output is not None
+    run = run_tool(
+        "eda_analyze",
+        {"format": "duckdb", "table": "main.users_view"},
+        inputs={"data": dbt.output / "dbt.duckdb"},
+        output="eda-view",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["message"].startswith("view 'main.users_view' in ")
+    assert " cannot be read: " in error["message"]
+    assert "source_db" in error["message"]  # DuckDB's words: the catalog it could not find
+    assert "make it a table" in error["message"]
+    assert "not found in" not in error["message"]
