@@ -60,7 +60,7 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
         # Dates stay text unless named: pandas' guessing is slow and silently wrong on mixed data.
         parse_dates = list(args.get("parse_dates") or []) or False
         try:
-            return pd.read_csv(
+            frame = pd.read_csv(
                 path, sep=str(args.get("sep", ",")), nrows=max_rows, parse_dates=parse_dates
             )
         except pd.errors.EmptyDataError as exc:
@@ -73,6 +73,8 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
                 "UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or pass 'format' for Parquet or DuckDB"
             )
             raise ToolError(msg, {"encoding": "utf-8"}) from exc
+        _check_dates(frame, parse_dates or [], path.name)
+        return frame
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -133,6 +135,29 @@ def _matches(schema: str, name: str, wanted: list[str]) -> bool:
     """Whether information_schema's `schema.name` is the (lower-cased) `[schema,] table` asked
     for; DuckDB resolves unquoted and quoted identifiers case-insensitively."""
     return [schema.lower(), name.lower()][-len(wanted) :] == wanted
+
+
+def _check_dates(frame: Any, columns: list[str], name: str) -> None:
+    """Fail when a column named in parse_dates stayed text: pandas takes one format from a
+    column's first value and, when any other value does not fit it, silently keeps the column
+    as strings (profiled as Text, not DateTime)."""
+    import pandas as pd
+
+    unparsed = {
+        column: [str(v) for v in frame[column].dropna().head(3)]
+        for column in columns
+        if not pd.api.types.is_datetime64_any_dtype(frame[column]) and frame[column].notna().any()
+    }
+    if unparsed:
+        first = next(iter(unparsed))
+        msg = (
+            f"{name}: parse_dates column(s) {', '.join(map(repr, unparsed))} could not be parsed "
+            f"as dates (e.g. {first!r} starts {', '.join(unparsed[first])}): every value of a "
+            "column must be a date in the one format its first value has; write the dates in "
+            "one format (ISO 8601, 2024-01-31, parses reliably) or leave the column out of "
+            "parse_dates to profile it as text"
+        )
+        raise ToolError(msg, {"unparsed": unparsed})
 
 
 def _unique_columns(frame: Any) -> Any:

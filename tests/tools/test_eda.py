@@ -204,3 +204,34 @@ def test_a_view_over_a_detached_database_fails_saying_so(
     assert "source_db" in error["message"]  # DuckDB's words: the catalog it could not find
     assert "make it a table" in error["message"]
     assert "not found in" not in error["message"]
+
+
+def test_a_date_column_that_does_not_parse_fails_naming_it(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # pandas took the format from the first value (01.02.2024 as month.day) and kept the whole
+    # column as text when 13.02.2024 did not fit: the profile silently showed Text.
+    data = tools_root / "dates"
+    data.mkdir()
+    (data / "events.csv").write_text(
+        "id,iso,local\n1,2024-02-01,01.02.2024\n2,2024-02-13,13.02.2024\n3,,\n"
+    )
+    run = run_tool(
+        "eda_analyze",
+        {"parse_dates": ["iso", "local"]},
+        inputs={"data": data},
+        output="eda-dates",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["message"].startswith("events.csv: parse_dates column(s) 'local' could not")
+    assert "ISO 8601" in error["message"]
+    assert error["details"]["unparsed"] == {"local": ["01.02.2024", "13.02.2024"]}
+    ok = run_tool(
+        "eda_analyze",
+        {"parse_dates": ["iso"], "write_json": False},
+        inputs={"data": data},
+        output="eda-dates-iso",
+    )
+    assert ok.cli.returncode == 0, ok.explain()
+    assert ok.result["summary"]["variables"]["iso"]["type"] == "DateTime"
