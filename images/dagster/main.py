@@ -19,6 +19,7 @@ from typing import Any
 from sandbox_runtime import Context, ToolError, run
 
 STORAGE = Path("/tmp/dagster/storage")
+EPHEMERAL_JOB = "__ephemeral_asset_job__"  # dg.materialize's name for its job
 
 
 def _definitions_path(ctx: Context) -> Path:
@@ -174,20 +175,27 @@ def main(ctx: Context) -> dict[str, Any]:
         _watch(instance, _Progress(ctx, total))
         ctx.progress(f"materializing {', '.join(selection) if selection else 'all assets'}", 0.1)
         try:
-            result = dg.materialize(
-                assets,
-                run_config=run_config,
-                instance=instance,
+            # What dg.materialize does, plus the definitions' asset checks (materialize takes
+            # assets only, so @asset_check functions never ran and a blocking one never blocked).
+            ephemeral = dg.Definitions(
+                assets=assets,
+                asset_checks=list(defs.asset_checks or []),
                 resources=resources,
-                raise_on_error=False,
-                selection=selection,
-                tags={"sandbox/run_id": ctx.run_id} if ctx.run_id else None,
+                jobs=[dg.define_asset_job(EPHEMERAL_JOB, selection=selection)],
             )
+            ephemeral.resolve_all_job_defs()
+            job = ephemeral.resolve_job_def(EPHEMERAL_JOB)
         except (dg.DagsterInvalidSubsetError, dg.DagsterInvalidDefinitionError) as exc:
             # An unknown key surfaces as a job that cannot be resolved; the cause says which.
             reason = f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
             msg = f"invalid asset selection {selection}: {reason}"
             raise ToolError(msg) from exc
+        result = job.execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+            tags={"sandbox/run_id": ctx.run_id} if ctx.run_id else None,
+        )
 
     # Per-asset outcome from the run's events.
     assets_out: dict[str, dict[str, Any]] = {}
@@ -225,12 +233,28 @@ def main(ctx: Context) -> dict[str, Any]:
                 "metadata": {},
             }
 
+    checks = {
+        f"{check.asset_key.to_user_string()}:{check.check_name}": {
+            "passed": bool(check.passed),
+            "severity": check.severity.value,
+            "description": check.description,
+            "metadata": _metadata(dict(check.metadata)),
+        }
+        for check in result.get_asset_check_evaluations()
+    }
+
     if failures or not result.success:
         first = failures[0] if failures else {"step": None, "message": "run failed"}
         msg = f"step {first['step']} failed: {first['message']}"
         raise ToolError(
             msg,
-            {"run_id": result.run_id, "failures": failures, "steps": steps, "assets": assets_out},
+            {
+                "run_id": result.run_id,
+                "failures": failures,
+                "steps": steps,
+                "assets": assets_out,
+                "checks": checks,
+            },
         )
     ctx.progress("done", 1.0)
     return {
@@ -239,6 +263,7 @@ def main(ctx: Context) -> dict[str, Any]:
         "success": True,
         "steps": steps,
         "assets": assets_out,
+        "checks": checks,
     }
 
 

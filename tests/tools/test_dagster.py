@@ -130,3 +130,53 @@ def test_select_with_a_job_is_refused_not_ignored(run_tool: RunTool) -> None:
     assert_refused_before_container(run)
     assert "job" in run.cli.errors[0]["message"]
     assert "select" in run.cli.errors[0]["message"]
+
+
+CHECKED_DEFINITIONS = """
+import dagster as dg
+
+
+@dg.asset
+def orders() -> int:
+    return -5
+
+
+@dg.asset_check(asset=orders, blocking={blocking})
+def orders_not_negative(orders: int) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=orders >= 0, metadata={{"value": orders}})
+
+
+@dg.asset
+def report(orders: int) -> int:
+    return orders
+
+
+defs = dg.Definitions(assets=[orders, report], asset_checks=[orders_not_negative])
+"""
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_asset_checks_run_and_a_blocking_one_blocks(
+    run_tool: RunTool, tools_root: Path, blocking: bool
+) -> None:
+    # The assets were materialized without the definitions' @asset_check functions: a failing
+    # check never ran, a blocking one never stopped its downstream assets, the run succeeded.
+    definitions = tools_root / f"checked_{blocking}.py"
+    definitions.write_text(CHECKED_DEFINITIONS.format(blocking=blocking))
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+    check = {
+        "passed": False,
+        "severity": "ERROR",
+        "description": None,
+        "metadata": {"value": -5},
+    }
+    if blocking:
+        assert run.cli.returncode == 1, run.explain()
+        [error] = run.cli.errors
+        assert "orders_not_negative" in error["message"]
+        assert error["details"]["checks"] == {"orders:orders_not_negative": check}
+        assert error["details"]["assets"]["report"]["status"] == "not_run"
+    else:
+        assert run.cli.returncode == 0, run.explain()
+        assert run.result["checks"] == {"orders:orders_not_negative": check}
+        assert run.result["assets"]["report"]["status"] == "materialized"
