@@ -127,6 +127,27 @@ def _step_error(event: Any) -> dict[str, Any]:
     }
 
 
+def _partition_key(job: Any, partition: str | None, what_is: str, instance: Any) -> str | None:
+    """The run's partition key: required for a partitioned job or asset selection (the step
+    failed only when it read context.partition_key: "Cannot access partition_key for a
+    non-partitioned run"), refused for an unpartitioned one."""
+    partitions = job.partitions_def
+    if partitions is None:
+        if partition is not None:
+            msg = f"'partition' {partition!r} given, but {what_is} not partitioned"
+            raise ToolError(msg)
+        return None
+    if partition is None:
+        try:
+            keys = list(partitions.get_partition_keys(dynamic_partitions_store=instance))
+        except Exception:  # noqa: BLE001 - the sample keys only illustrate the message
+            keys = []
+        sample = f", e.g. {', '.join(map(repr, keys[:3]))} ({len(keys)} keys)" if keys else ""
+        msg = f"{what_is} partitioned ({partitions}): pass 'partition' with one key{sample}"
+        raise ToolError(msg, {"partition_keys": keys[:100]})
+    return partition
+
+
 def main(ctx: Context) -> dict[str, Any]:
     import dagster as dg
 
@@ -151,6 +172,7 @@ def main(ctx: Context) -> dict[str, Any]:
     run_config = ctx.args.get("run_config") or None
     job_name = ctx.args.get("job")
     selection = ctx.args.get("select") or None
+    partition = ctx.args.get("partition")
 
     if job_name:
         try:
@@ -162,7 +184,10 @@ def main(ctx: Context) -> dict[str, Any]:
         _watch(instance, _Progress(ctx, total))
         ctx.progress(f"running job {job_name}", 0.1)
         result = job.execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False
+            run_config=run_config,
+            instance=instance,
+            raise_on_error=False,
+            partition_key=_partition_key(job, partition, f"job {job_name!r} is", instance),
         )
     else:
         assets = list(defs.assets or [])
@@ -195,6 +220,7 @@ def main(ctx: Context) -> dict[str, Any]:
             instance=instance,
             raise_on_error=False,
             tags={"sandbox/run_id": ctx.run_id} if ctx.run_id else None,
+            partition_key=_partition_key(job, partition, "the selected assets are", instance),
         )
 
     # Per-asset outcome from the run's events.

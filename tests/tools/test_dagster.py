@@ -180,3 +180,80 @@ def test_asset_checks_run_and_a_blocking_one_blocks(
         assert run.cli.returncode == 0, run.explain()
         assert run.result["checks"] == {"orders:orders_not_negative": check}
         assert run.result["assets"]["report"]["status"] == "materialized"
+
+
+PARTITIONED_DEFINITIONS = """
+import os
+from pathlib import Path
+
+import dagster as dg
+
+days = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-04")
+
+
+@dg.asset(partitions_def=days)
+def daily(context: dg.AssetExecutionContext) -> None:
+    day = context.partition_key
+    Path(os.environ["SANDBOX_OUTPUT_DIR"], f"{day}.txt").write_text(day)
+
+
+@dg.asset
+def plain() -> int:
+    return 1
+
+
+daily_job = dg.define_asset_job("daily_job", selection=[daily], partitions_def=days)
+
+defs = dg.Definitions(assets=[daily, plain], jobs=[daily_job])
+"""
+
+
+def test_partitioned_assets_run_for_the_partition_given(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # There was no way to pass a partition key: a partitioned asset failed inside with
+    # "Cannot access partition_key for a non-partitioned run".
+    definitions = tools_root / "partitioned.py"
+    definitions.write_text(PARTITIONED_DEFINITIONS)
+    inputs = {"definitions": definitions}
+    run = run_tool(
+        "dagster_orchestrate",
+        {"select": ["daily"], "partition": "2024-01-02"},
+        inputs=inputs,
+        output="dagster-partition",
+    )
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["assets"]["daily"]["status"] == "materialized"
+    assert run.output is not None
+    assert (run.output / "2024-01-02.txt").read_text() == "2024-01-02"
+    job = run_tool(
+        "dagster_orchestrate",
+        {"job": "daily_job", "partition": "2024-01-03"},
+        inputs=inputs,
+        output="dagster-partition-job",
+    )
+    assert job.cli.returncode == 0, job.explain()
+    assert job.output is not None
+    assert sorted(p.name for p in job.output.iterdir()) == ["2024-01-03.txt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"select": ["daily"]}, "the selected assets are partitioned"),
+        ({"job": "daily_job"}, "job 'daily_job' is partitioned"),
+        ({"select": ["plain"], "partition": "2024-01-02"}, "but the selected assets are not"),
+    ],
+)
+def test_a_partition_missing_or_out_of_place_fails_saying_so(
+    run_tool: RunTool, tools_root: Path, args: dict[str, object], expected: str
+) -> None:
+    definitions = tools_root / "partitioned_bad.py"
+    definitions.write_text(PARTITIONED_DEFINITIONS)
+    run = run_tool("dagster_orchestrate", args, inputs={"definitions": definitions})
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert expected in error["message"]
+    if "partition" not in args:
+        assert "pass 'partition' with one key, e.g. '2024-01-01'" in error["message"]
+        assert error["details"]["partition_keys"] == ["2024-01-01", "2024-01-02", "2024-01-03"]
