@@ -35,6 +35,9 @@ def test_build_runs_every_node_over_the_ingest(dbt_build: ToolRun) -> None:
         assert nodes[unique_id]["status"] == "success", nodes[unique_id]
         assert nodes[unique_id]["rows"] == rows, unique_id
     assert nodes["seed.shop.make_segments"]["rows_affected"] == 34
+    # Counted as well (run_results.json has no relation name for a seed; it was null).
+    assert nodes["seed.shop.make_segments"]["rows"] == 34
+    assert nodes["seed.shop.make_segments"]["relation_name"] == '"dbt"."reference"."make_segments"'
     tests = [n for uid, n in nodes.items() if uid.startswith("test.")]
     assert len(tests) >= 15
     assert all(t["status"] == "pass" and t["failures"] == 0 for t in tests)
