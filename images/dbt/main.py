@@ -99,6 +99,9 @@ def _write_profile(
     import yaml
 
     output: dict[str, Any] = {"type": "duckdb", "path": str(database), "threads": threads}
+    # dbt-duckdb's `external` materialization writes its files under external_root, by default
+    # the working directory (/tmp here), where they were lost with the container.
+    output["external_root"] = str(database.parent)
     # DuckDB sizes its buffer pool from the host's RAM, not the container's limit: cap it at half
     # the limit (dbt, Python and the tmpfs share the rest) and let it spill to /tmp instead of
     # being OOM-killed.

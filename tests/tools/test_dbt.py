@@ -264,3 +264,22 @@ def test_a_project_with_vendored_packages_runs(run_tool: RunTool, tools_root: Pa
     )
     assert run.cli.returncode == 0, run.explain()
     assert run.result["nodes"][0]["rows"] == 1
+
+
+def test_external_materializations_are_written_to_the_output(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # dbt-duckdb writes an `external` model's file under external_root, the working directory
+    # (/tmp) by default: the run succeeded and the Parquet file was lost with the container.
+    project = tools_root / "external_project"
+    (project / "models").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text('name: ext\nversion: "1.0"\nprofile: ext\n')
+    (project / "models" / "exported.sql").write_text(
+        "{{ config(materialized='external', format='parquet') }}\nselect 1 as x\n"
+    )
+    run = run_tool(
+        "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-external"
+    )
+    assert run.cli.returncode == 0, run.explain()
+    assert "exported.parquet" in run.outputs, sorted(run.outputs)
+    assert run.result["nodes"][0]["rows"] == 1
