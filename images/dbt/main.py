@@ -297,6 +297,9 @@ def main(ctx: Context) -> dict[str, Any]:
     from dbt.exceptions import UninstalledPackagesFoundError
 
     words = _dbt_args(ctx, project, profile)
+    # Where dbt is run from: paths in a project's SQL (read_csv('data/raw.csv'), a source's
+    # external_location) are relative to it, and dbt expects the project root.
+    os.chdir(project)
     ctx.progress(f"dbt {' '.join(COMMANDS[command])} ({name})", 0.05)
     outcome = dbtRunner(callbacks=[_Progress(ctx)]).invoke(words)
 

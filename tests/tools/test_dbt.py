@@ -283,3 +283,21 @@ def test_external_materializations_are_written_to_the_output(
     assert run.cli.returncode == 0, run.explain()
     assert "exported.parquet" in run.outputs, sorted(run.outputs)
     assert run.result["nodes"][0]["rows"] == 1
+
+
+def test_paths_in_the_sql_are_relative_to_the_project(run_tool: RunTool, tools_root: Path) -> None:
+    # dbt runs from the project root; here it ran from /tmp, so a model reading a file of the
+    # project by a relative path failed with "No files found that match the pattern".
+    project = tools_root / "relative_paths"
+    (project / "models").mkdir(parents=True)
+    (project / "data").mkdir()
+    (project / "dbt_project.yml").write_text('name: rel\nversion: "1.0"\nprofile: rel\n')
+    (project / "data" / "raw.csv").write_text("id,v\n1,a\n2,b\n")
+    (project / "models" / "from_file.sql").write_text(
+        "select * from read_csv_auto('data/raw.csv')\n"
+    )
+    run = run_tool(
+        "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-relative"
+    )
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["nodes"][0]["rows"] == 2
