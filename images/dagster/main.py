@@ -51,11 +51,22 @@ def _load_definitions(path: Path) -> Any:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    found = [v for v in vars(module).values() if isinstance(v, dg.Definitions)]
+    # A `@dg.definitions` function (what `create-dagster` scaffolds) is a LazyDefinitions: called
+    # without a context, as Dagster's own file loader does.
+    from dagster.components.definitions import LazyDefinitions
+
+    found = [v for v in vars(module).values() if isinstance(v, (dg.Definitions, LazyDefinitions))]
     if len(found) != 1:
-        msg = f"{path.name} must define exactly one dagster.Definitions (found {len(found)})"
+        msg = (
+            f"{path.name} must define exactly one dagster.Definitions or @dagster.definitions "
+            f"function (found {len(found)})"
+        )
         raise ToolError(msg)
-    return found[0]
+    defs = found[0]() if isinstance(found[0], LazyDefinitions) else found[0]
+    if not isinstance(defs, dg.Definitions):
+        msg = f"the @dagster.definitions function in {path.name} must return a dagster.Definitions"
+        raise ToolError(msg)
+    return defs
 
 
 def _metadata(entries: dict[str, Any]) -> dict[str, Any]:

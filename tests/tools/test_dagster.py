@@ -257,3 +257,16 @@ def test_a_partition_missing_or_out_of_place_fails_saying_so(
     if "partition" not in args:
         assert "pass 'partition' with one key, e.g. '2024-01-01'" in error["message"]
         assert error["details"]["partition_keys"] == ["2024-01-01", "2024-01-02", "2024-01-03"]
+
+
+def test_a_definitions_function_is_loaded(run_tool: RunTool, tools_root: Path) -> None:
+    # `@dg.definitions` (create-dagster's scaffold) failed: "must define exactly one
+    # dagster.Definitions (found 0)".
+    definitions = tools_root / "lazy_definitions.py"
+    definitions.write_text(
+        "import dagster as dg\n\n\n@dg.asset\ndef one() -> int:\n    return 1\n\n\n"
+        "@dg.definitions\ndef defs() -> dg.Definitions:\n    return dg.Definitions(assets=[one])\n"
+    )
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["assets"]["one"]["status"] == "materialized"
