@@ -50,7 +50,14 @@ def _project_name_and_profile(project: Path) -> tuple[str, str]:
     if not config_file.is_file():
         msg = f"no dbt_project.yml in the 'project' input ({project})"
         raise ToolError(msg)
-    config = yaml.safe_load(config_file.read_text()) or {}
+    try:
+        config = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        msg = f"dbt_project.yml in the 'project' input is not valid YAML: {exc}"
+        raise ToolError(msg) from exc
+    if not isinstance(config, dict):
+        msg = "dbt_project.yml in the 'project' input is not a mapping of settings (name: ...)"
+        raise ToolError(msg)
     name = str(config.get("name") or "project")
     return name, str(config.get("profile") or name)
 

@@ -301,3 +301,24 @@ def test_paths_in_the_sql_are_relative_to_the_project(run_tool: RunTool, tools_r
     )
     assert run.cli.returncode == 0, run.explain()
     assert run.result["nodes"][0]["rows"] == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: bad\nprofile: [\n", "dbt_project.yml in the 'project' input is not valid YAML"),
+        ("- name: bad\n", "dbt_project.yml in the 'project' input is not a mapping"),
+    ],
+)
+def test_an_unreadable_dbt_project_yml_fails_naming_it(
+    run_tool: RunTool, tools_root: Path, text: str, expected: str
+) -> None:
+    # The error was the YAML parser's alone ("ParserError: while parsing a flow node ..."), or
+    # an AttributeError for a list, without the file's name.
+    project = tools_root / f"bad_yaml_{len(text)}"
+    project.mkdir()
+    (project / "dbt_project.yml").write_text(text)
+    run = run_tool("dbt_transform", {}, inputs={"project": project}, output=f"dbt-{project.name}")
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["message"].startswith(expected)
