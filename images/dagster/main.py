@@ -20,6 +20,7 @@ from sandbox_runtime import Context, ToolError, run
 
 STORAGE = Path("/tmp/dagster/storage")
 EPHEMERAL_JOB = "__ephemeral_asset_job__"  # dg.materialize's name for its job
+PACKAGE = "sandbox_definitions_package"  # a definitions directory with __init__.py, imported
 
 
 def _definitions_path(ctx: Context) -> Path:
@@ -41,16 +42,32 @@ def _load_definitions(path: Path) -> Any:
 
     # The file's directory goes on sys.path so a definitions package can import its siblings.
     sys.path.insert(0, str(path.parent))
+    name = "sandbox_definitions"
+    if (path.parent / "__init__.py").is_file():
+        # A package (as Dagster scaffolds it): the file is loaded as its module, so relative
+        # imports (`from .assets import ...`) resolve ("attempted relative import with no known
+        # parent package" otherwise).
+        package = importlib.util.spec_from_file_location(
+            PACKAGE, path.parent / "__init__.py", submodule_search_locations=[str(path.parent)]
+        )
+        if package is None or package.loader is None:
+            msg = f"cannot load {path.parent} as a Python package"
+            raise ToolError(msg)
+        sys.modules[PACKAGE] = importlib.util.module_from_spec(package)
+        package.loader.exec_module(sys.modules[PACKAGE])
+        name = f"{PACKAGE}.{path.stem}"
     # An explicit source loader: a file input is mounted as /inputs/definitions, without the
     # .py suffix importlib picks a loader by.
-    loader = importlib.machinery.SourceFileLoader("sandbox_definitions", str(path))
-    spec = importlib.util.spec_from_file_location("sandbox_definitions", path, loader=loader)
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     if spec is None or spec.loader is None:
         msg = f"cannot load {path} as a Python module"
         raise ToolError(msg)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = sys.modules.get(name)  # already imported by the package's __init__.py
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
     # A `@dg.definitions` function (what `create-dagster` scaffolds) is a LazyDefinitions: called
     # without a context, as Dagster's own file loader does.
     from dagster.components.definitions import LazyDefinitions

@@ -270,3 +270,23 @@ def test_a_definitions_function_is_loaded(run_tool: RunTool, tools_root: Path) -
     run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
     assert run.cli.returncode == 0, run.explain()
     assert run.result["assets"]["one"]["status"] == "materialized"
+
+
+@pytest.mark.parametrize("init", ["", "from .definitions import defs\n"])
+def test_a_definitions_package_may_use_relative_imports(
+    run_tool: RunTool, tools_root: Path, init: str
+) -> None:
+    # A package as Dagster scaffolds it (`from .assets import ...`) failed to load: "attempted
+    # relative import with no known parent package".
+    package = tools_root / f"package_{len(init)}"
+    package.mkdir()
+    (package / "__init__.py").write_text(init)
+    (package / "assets.py").write_text(
+        "import dagster as dg\n\n\n@dg.asset\ndef one() -> int:\n    return 1\n"
+    )
+    (package / "definitions.py").write_text(
+        "import dagster as dg\n\nfrom .assets import one\n\ndefs = dg.Definitions(assets=[one])\n"
+    )
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": package})
+    assert run.cli.returncode == 0, run.explain()
+    assert run.result["assets"]["one"]["status"] == "materialized"
