@@ -176,6 +176,18 @@ def _partition_key(job: Any, partition: str | None, what_is: str, instance: Any)
     return partition
 
 
+def _tmp_full() -> str:
+    """The fix for a full disk: Dagster's default IO manager pickles every asset output under
+    /tmp, a small tmpfs here, and the step failed with a bare 'No space left on device'."""
+    stat = os.statvfs(STORAGE)
+    size = stat.f_blocks * stat.f_frsize // (1024 * 1024)
+    return (
+        f" (/tmp, where Dagster's default IO manager stores every asset output, is a {size} MiB "
+        "tmpfs: pass large data between assets through files under SANDBOX_OUTPUT_DIR, e.g. "
+        "with an IO manager of your own, or return less)"
+    )
+
+
 def main(ctx: Context) -> dict[str, Any]:
     import dagster as dg
 
@@ -300,6 +312,8 @@ def main(ctx: Context) -> dict[str, Any]:
     if failures or not result.success:
         first = failures[0] if failures else {"step": None, "message": "run failed"}
         msg = f"step {first['step']} failed: {first['message']}"
+        if "[Errno 28]" in str(first["message"]):  # ENOSPC: most likely the tmpfs
+            msg += _tmp_full()
         raise ToolError(
             msg,
             {

@@ -290,3 +290,22 @@ def test_a_definitions_package_may_use_relative_imports(
     run = run_tool("dagster_orchestrate", {}, inputs={"definitions": package})
     assert run.cli.returncode == 0, run.explain()
     assert run.result["assets"]["one"]["status"] == "materialized"
+
+
+def test_an_output_too_large_for_the_tmpfs_fails_saying_where_it_went(
+    run_tool: RunTool, tools_root: Path
+) -> None:
+    # The default IO manager pickles asset outputs under /tmp (a 64 MiB tmpfs): the step failed
+    # with a bare "OSError: [Errno 28] No space left on device".
+    definitions = tools_root / "big_output.py"
+    definitions.write_text(
+        "import dagster as dg\n\n\n@dg.asset\ndef big() -> bytes:\n"
+        "    return b'x' * (80 * 1024 * 1024)\n\n\ndefs = dg.Definitions(assets=[big])\n"
+    )
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["message"].startswith("step big failed: OSError: [Errno 28]")
+    message = error["message"]
+    assert "where Dagster's default IO manager stores every asset output, is a 64 MiB" in message
+    assert "SANDBOX_OUTPUT_DIR" in message
