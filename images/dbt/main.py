@@ -288,13 +288,21 @@ def main(ctx: Context) -> dict[str, Any]:
     ctx.progress("preparing profile", 0.02)
     name, profile = _project_name_and_profile(project)
     source_db = _duckdb_input(ctx, "source_db", "source_db_file")
+    alias = str(ctx.args.get("source_alias", "source_db"))
+    if source_db is not None and alias.lower() == database.stem.lower():
+        # DuckDB's words: 'Database "x" is already attached in READ_WRITE mode'.
+        msg = (
+            f"database {database.name!r} and source_alias {alias!r} name the same DuckDB catalog "
+            "(a database file's catalog is its name without .duckdb); choose another database "
+            "file name or source_alias"
+        )
+        raise ToolError(msg, {"database": database.name, "source_alias": alias})
     # Each run writes a fresh database; `base_db` (the database of an earlier dbt run) is copied
     # in first so `test`, incremental models or a partial `run` can continue from it.
     base_db = _duckdb_input(ctx, "base_db", "base_db_file")
     if base_db is not None:
         ctx.progress(f"copying {base_db.name} to start from", 0.03)
         shutil.copyfile(base_db, database)
-    alias = str(ctx.args.get("source_alias", "source_db"))
     _write_profile(profile, database, source_db, alias, int(ctx.args.get("threads", 1)))
     # Projects may read this in dbt_project.yml (packages-install-path) so `dbt deps` output and
     # installed packages never land in the read-only project.

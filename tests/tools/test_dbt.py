@@ -322,3 +322,30 @@ def test_an_unreadable_dbt_project_yml_fails_naming_it(
     assert run.cli.returncode == 1, run.explain()
     [error] = run.cli.errors
     assert error["message"].startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "alias"),
+    [
+        ({"database": "source_db.duckdb"}, "source_db"),
+        ({"database": "raw.duckdb", "source_alias": "RAW"}, "RAW"),
+    ],
+)
+def test_a_database_named_like_the_source_alias_fails_saying_so(
+    run_tool: RunTool, tools_root: Path, args: dict[str, str], alias: str
+) -> None:
+    # DuckDB's words were all a user got: 'Database "raw" is already attached in READ_WRITE
+    # mode, cannot re-attach in READ_ONLY mode'. The check runs before the file is opened.
+    source = tools_root / f"alias_source_{alias}.duckdb"
+    source.write_bytes(b"not opened")
+    run = run_tool(
+        "dbt_transform",
+        {"command": "run", **args},
+        inputs={"project": EXAMPLES / "dbt_project", "source_db": source},
+        output=f"dbt-alias-{alias}",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["message"].startswith(
+        f"database {args['database']!r} and source_alias {alias!r} name the same DuckDB catalog"
+    )
