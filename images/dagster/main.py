@@ -88,12 +88,27 @@ def _load_definitions(path: Path) -> Any:
 
 def _metadata(entries: dict[str, Any]) -> dict[str, Any]:
     """MetadataValue objects → plain values (the runtime tags what JSON cannot hold)."""
-    out: dict[str, Any] = {}
-    for key, value in entries.items():
-        raw = getattr(value, "value", value)
-        # Table/schema metadata values are records; their dict form is the useful one.
-        out[key] = raw._asdict() if hasattr(raw, "_asdict") else raw
-    return out
+    return {key: _plain(getattr(value, "value", value)) for key, value in entries.items()}
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """Records → dicts, all the way down. Table and schema metadata are Dagster records
+    (TableSchema holds TableColumn records, a table TableRecords): tuples that refuse iteration,
+    so a successful run with such metadata failed ("Iteration is not allowed on `@record`
+    TableSchema")."""
+    from dagster_shared.record import as_dict, is_record  # dagster's own dependency
+
+    if depth > 32:  # deeper than any metadata value: the runtime stringifies it
+        return str(value)
+    if is_record(value):  # their _asdict() iterates, which records refuse
+        return {str(k): _plain(v, depth + 1) for k, v in as_dict(value).items()}
+    if hasattr(value, "_asdict"):  # a plain NamedTuple
+        return {str(k): _plain(v, depth + 1) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    return value
 
 
 class _Progress:

@@ -309,3 +309,38 @@ def test_an_output_too_large_for_the_tmpfs_fails_saying_where_it_went(
     message = error["message"]
     assert "where Dagster's default IO manager stores every asset output, is a 64 MiB" in message
     assert "SANDBOX_OUTPUT_DIR" in message
+
+
+TABLE_METADATA_DEFINITIONS = """
+import dagster as dg
+
+schema = dg.TableSchema(columns=[dg.TableColumn("id", "int"), dg.TableColumn("name", "str")])
+
+
+@dg.asset
+def people() -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/column_schema": schema,
+            "sample": dg.MetadataValue.table(
+                records=[dg.TableRecord({"id": 1, "name": "ada"})], schema=schema
+            ),
+        }
+    )
+
+
+defs = dg.Definitions(assets=[people])
+"""
+
+
+def test_table_and_schema_metadata_are_reported(run_tool: RunTool, tools_root: Path) -> None:
+    # A column schema (TableSchema of TableColumn records) failed a successful run when its
+    # metadata was read: "Exception: Iteration is not allowed on `@record` TableSchema."
+    definitions = tools_root / "table_metadata.py"
+    definitions.write_text(TABLE_METADATA_DEFINITIONS)
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+    assert run.cli.returncode == 0, run.explain()
+    metadata = run.result["assets"]["people"]["metadata"]
+    columns = metadata["dagster/column_schema"]["columns"]
+    assert [(c["name"], c["type"]) for c in columns] == [("id", "int"), ("name", "str")]
+    assert metadata["sample"]["records"] == [{"data": {"id": 1, "name": "ada"}}]
