@@ -60,8 +60,10 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
         # Dates stay text unless named: pandas' guessing is slow and silently wrong on mixed data.
         parse_dates = list(args.get("parse_dates") or []) or False
         try:
+            # A .tsv is chosen as a CSV file: read it as what its name says unless told otherwise.
+            default_sep = "\t" if path.suffix.lower() == ".tsv" else ","
             frame = pd.read_csv(
-                path, sep=str(args.get("sep", ",")), nrows=max_rows, parse_dates=parse_dates
+                path, sep=str(args.get("sep", default_sep)), nrows=max_rows, parse_dates=parse_dates
             )
         except pd.errors.EmptyDataError as exc:
             msg = f"{path.name} is empty: no header line and no rows to profile"

@@ -235,3 +235,16 @@ def test_a_date_column_that_does_not_parse_fails_naming_it(
     )
     assert ok.cli.returncode == 0, ok.explain()
     assert ok.result["summary"]["variables"]["iso"]["type"] == "DateTime"
+
+
+def test_a_tsv_file_is_read_as_tab_separated(run_tool: RunTool, tools_root: Path) -> None:
+    # A .tsv counts as a CSV file but was read with ',': one column named "id\tcity", profiled
+    # as text, and the run succeeded.
+    data = tools_root / "tsv"
+    data.mkdir()
+    (data / "cities.tsv").write_text("id\tcity\n1\tBerlin\n2\tParis\n3\tRome\n")
+    run = run_tool("eda_analyze", {"write_json": False}, inputs={"data": data}, output="eda-tsv")
+    assert run.cli.returncode == 0, run.explain()
+    variables = run.result["summary"]["variables"]
+    assert list(variables) == ["id", "city"]
+    assert variables["id"]["type"] == "Numeric"
