@@ -111,14 +111,14 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
             return con.execute(sql).df()
         except duckdb.CatalogException as exc:
             listed = con.execute(
-                "SELECT table_schema, table_name, table_type FROM information_schema.tables "
-                "ORDER BY 1, 2"
+                "SELECT table_catalog, table_schema, table_name, table_type "
+                "FROM information_schema.tables ORDER BY 2, 3"
             ).fetchall()
-            tables = [f"{schema}.{name}" for schema, name, _ in listed]
+            tables = [f"{schema}.{name}" for _, schema, name, _ in listed]
             # The table may exist and fail inside: a view over a database attached when it was
             # created (dbt's source_db) names a catalog this connection does not have.
-            wanted = table.lower().split(".")[-2:]
-            kinds = [kind for schema, name, kind in listed if _matches(schema, name, wanted)]
+            wanted = table.lower().split(".")
+            kinds = [row[3] for row in listed if _matches(row[:3], wanted)]
             if kinds:
                 what = "view" if "VIEW" in kinds[0].upper() else "table"
                 msg = f"{what} {table!r} in {path.name} cannot be read: {exc}"
@@ -130,13 +130,22 @@ def _read(path: Path, fmt: str, args: dict[str, Any], max_rows: int) -> Any:
                     )
                 raise ToolError(msg, {"tables": tables[:100]}) from exc
             msg = f"table {table!r} not found in {path.name}"
+            current = con.execute("SELECT current_database()").fetchone()
+            catalog = str(current[0]) if current else ""
+            if len(wanted) == 3 and wanted[0] != catalog.lower():  # catalog.schema.table
+                # DuckDB names the catalog after the file, here the mounted name; dbt's relation
+                # names carry the name the file had when dbt wrote it.
+                msg += (
+                    f" (its catalog is {catalog!r} here, not {table.split('.')[0]!r}: name the "
+                    "table as schema.table)"
+                )
             raise ToolError(msg, {"tables": tables[:100]}) from exc
 
 
-def _matches(schema: str, name: str, wanted: list[str]) -> bool:
-    """Whether information_schema's `schema.name` is the (lower-cased) `[schema,] table` asked
-    for; DuckDB resolves unquoted and quoted identifiers case-insensitively."""
-    return [schema.lower(), name.lower()][-len(wanted) :] == wanted
+def _matches(row: tuple[str, ...], wanted: list[str]) -> bool:
+    """Whether information_schema's `catalog.schema.name` is the (lower-cased) `[[catalog.]
+    schema.]table` asked for; DuckDB resolves identifiers case-insensitively."""
+    return [part.lower() for part in row][-len(wanted) :] == wanted
 
 
 def _check_dates(frame: Any, columns: list[str], name: str) -> None:

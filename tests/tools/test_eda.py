@@ -248,3 +248,24 @@ def test_a_tsv_file_is_read_as_tab_separated(run_tool: RunTool, tools_root: Path
     variables = run.result["summary"]["variables"]
     assert list(variables) == ["id", "city"]
     assert variables["id"]["type"] == "Numeric"
+
+
+def test_a_table_named_with_the_files_old_catalog_fails_saying_how_to_name_it(
+    run_tool: RunTool, dbt_build: ToolRun
+) -> None:
+    # dbt's relation names carry the catalog ("dbt".marts.x), but a file input is opened as
+    # /inputs/data, catalog "data": the table was "not found" without a word on why.
+    assert dbt_build.output is not None
+    run = run_tool(
+        "eda_analyze",
+        {"format": "duckdb", "table": "dbt.marts.mart_user_purchases"},
+        inputs={"data": dbt_build.output / "dbt.duckdb"},
+        output="eda-catalog",
+    )
+    assert run.cli.returncode == 1, run.explain()
+    [error] = run.cli.errors
+    assert error["message"] == (
+        "table 'dbt.marts.mart_user_purchases' not found in data (its catalog is 'data' here, "
+        "not 'dbt': name the table as schema.table)"
+    )
+    assert "marts.mart_user_purchases" in error["details"]["tables"]
