@@ -269,3 +269,24 @@ def test_a_table_named_with_the_files_old_catalog_fails_saying_how_to_name_it(
         "not 'dbt': name the table as schema.table)"
     )
     assert "marts.mart_user_purchases" in error["details"]["tables"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"table": "marts.mart_user_purchases"}, '"format" is a required property'),
+        ({"format": "csv", "table": "marts.x"}, 'at format: "duckdb" was expected'),
+        ({"format": "parquet", "sep": ";"}, 'at format: "csv" was expected'),
+        ({"format": "duckdb", "table": "t", "parse_dates": ["d"]}, '"csv" was expected'),
+    ],
+)
+def test_an_argument_of_another_format_is_refused_not_ignored(
+    run_tool: RunTool, args: dict[str, object], expected: str
+) -> None:
+    # 'table' without format duckdb read the DuckDB file as a CSV ("data is not UTF-8 text");
+    # 'sep' and 'parse_dates' were silently ignored for Parquet and DuckDB.
+    run = run_tool(
+        "eda_analyze", args, inputs={"data": EXAMPLES / "data"}, output="eda-wrong-format"
+    )
+    assert_refused_before_container(run)
+    assert expected in run.cli.errors[0]["message"]
