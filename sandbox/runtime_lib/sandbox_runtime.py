@@ -130,8 +130,9 @@ class Context:
         data = line.encode("utf-8", "replace") + b"\n"
         if len(data) > self.max_frame_bytes:
             raise FrameTooLarge(
-                f"{frame['type']} frame is {len(data)} bytes, over the {self.max_frame_bytes}-byte line "
-                "limit; write large data to a file under the output directory instead"
+                f"{frame['type']} frame is {len(data)} bytes, over the "
+                f"{self.max_frame_bytes}-byte line limit; write large data to a file under the "
+                "output directory instead"
             )
         # A raw pipe write may be partial (seen under gVisor above 64 KiB): write it all.
         view = memoryview(data)
