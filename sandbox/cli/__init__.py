@@ -389,12 +389,28 @@ def _extensions() -> list[Callable[[Any], None]]:
 
 
 def _usage_exit(argv: Sequence[str], exc: SandboxError) -> int:
-    print(exc, file=sys.stderr)  # already "sandbox: …" (the parser's program name)
+    if _asked_log_format(argv) == "json":
+        # The parse failed, so logging was never configured: a caller that asked for JSON
+        # logs on stderr still gets one.
+        configure_logging("json")
+        logger.error("{}", exc)
+    else:
+        print(exc, file=sys.stderr)  # already "sandbox: …" (the parser's program name)
     if "run" in argv:
         from ..coordinator import refused_frames
 
         write_batches([refused_frames(exc)], sys.stdout.buffer)
     return exc.exit_code
+
+
+def _asked_log_format(argv: Sequence[str]) -> str | None:
+    """``--log-format F`` as given, read without the parser that failed."""
+    for index, arg in enumerate(argv):
+        if arg == "--log-format" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2]
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -292,3 +292,15 @@ def test_other_commands_name_the_fix_for_a_missing_policy_directory(
     assert "policy directory not found" in result.stderr
     assert "--policies DIR" in result.stderr
     assert "SANDBOX_POLICY_DIR" in result.stderr
+
+
+def test_a_usage_error_is_a_json_log_line_when_json_logs_were_asked_for(
+    policy_dir: Path, env: dict[str, str]
+) -> None:
+    # The parse failed before logging was set up, so the error was plain text on stderr.
+    result = run_cli(["--log-format", "json", "tools", "--bogus"], policies=policy_dir, env=env)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    record = json.loads(line)["record"]
+    assert record["level"]["name"] == "ERROR"
+    assert "unrecognized arguments: --bogus" in record["message"]
