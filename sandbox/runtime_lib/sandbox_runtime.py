@@ -173,44 +173,23 @@ class Context:
         self._emit({"type": "error", "error": error})
 
 
-class _WholeWrites(io.RawIOBase):
-    """fd 2 for ``sys.stderr``, every write written whole. A pipe write may be partial (gVisor
-    takes at most 64 KiB at a time; a signal can cut one short), and the unbuffered text stream
-    PYTHONUNBUFFERED gives ignores the count: the rest of a large print was silently lost."""
-
-    name = "<stderr>"
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        size = len(view)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        return size
-
-
 def _take_frame_channel() -> Any:
     """Keep fd 1 for frames only: duplicate it privately and point fd 1 at stderr."""
     sys.stdout.flush()
     sys.stderr.flush()
     frame_fd = os.dup(1)
     os.dup2(2, 1)
+    # A buffered stream writes whole: a pipe write may be partial (gVisor takes at most 64 KiB
+    # at a time; a signal can cut one short), and the unbuffered one PYTHONUNBUFFERED (or -u)
+    # gives ignores the count, so the rest of a large print was silently lost.
     old = sys.stderr
+    raw = io.FileIO(2, "w", closefd=False)
+    raw.name = old.name  # "<stderr>", as the interpreter names it
     sys.stderr = io.TextIOWrapper(
-        _WholeWrites(2),
+        io.BufferedWriter(raw),
         encoding=old.encoding,
         errors=old.errors,
-        line_buffering=bool(old.line_buffering),
-        write_through=True,
+        line_buffering=True,
     )
     sys.stderr.mode = "w"  # type: ignore[misc]  # as the interpreter's own sys.stderr has it
     sys.stdout = sys.stderr
