@@ -30,6 +30,20 @@ def assert_refused(result: CliResult, status: str, code: int) -> dict[str, Any]:
     return result.frames[0]["error"]
 
 
+def python_code(
+    code: str, *, timeout: float = 60, **options: Any
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -c CODE`` from the repository root, its output captured."""
+    return subprocess.run(  # noqa: S603 - the host's own interpreter on the test's code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+        **options,
+    )
+
+
 def test_args_that_are_not_utf8_end_with_an_invalid_request(
     policy_dir: Path, env: dict[str, str]
 ) -> None:
@@ -166,14 +180,7 @@ def test_a_signal_during_start_up_is_held_until_the_run_can_end_properly(
         "from sandbox.cli import entrypoint\n"
         "entrypoint()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    proc = python_code(code, env={**os.environ, **env})
     frames = _frames(proc.stdout)
     assert proc.returncode == 130, proc.stderr
     assert [f["type"] for f in frames] == ["error", "exit"]
@@ -196,9 +203,7 @@ def test_a_signal_during_a_log_call_does_not_deadlock_the_run() -> None:
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "print(cancel.is_set(), flush=True)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=20, check=False
-    )
+    proc = python_code(code, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"True\n"
 
@@ -213,9 +218,7 @@ def test_commands_other_than_run_get_held_signals_back() -> None:
         "early_signals.release()\n"
         "print('not reached', flush=True)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, cwd=ROOT, timeout=60, check=False
-    )
+    proc = python_code(code)
     assert proc.returncode == -signal.SIGTERM
     assert proc.stdout == b"held\n"
 
@@ -229,12 +232,8 @@ def test_an_ignored_signal_stays_ignored() -> None:
         "os.kill(os.getpid(), signal.SIGHUP)\n"
         "print(early_signals.received(), flush=True)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
+    proc = python_code(
+        code,
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # noqa: PLW1509
     )
     assert proc.returncode == 0, proc.stderr
