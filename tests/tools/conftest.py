@@ -150,13 +150,18 @@ def ingest(run_tool: RunTool) -> ToolRun:
     return run_tool("pyairbyte_ingest", args, output="ingest")
 
 
-@pytest.fixture(scope="session")
-def dbt_build(run_tool: RunTool, ingest: ToolRun) -> ToolRun:
+def build_example_project(run: RunTool, ingest: ToolRun, output: str) -> ToolRun:
+    """``dbt build`` of the example project over what ``ingest`` wrote."""
     assert ingest.status == "ok", ingest.explain()
     assert ingest.output is not None
-    return run_tool(
+    return run(
         "dbt_transform",
         {"command": "build"},
         inputs={"project": EXAMPLES / "dbt_project", "source_db": ingest.output},
-        output="dbt",
+        output=output,
     )
+
+
+@pytest.fixture(scope="session")
+def dbt_build(run_tool: RunTool, ingest: ToolRun) -> ToolRun:
+    return build_example_project(run_tool, ingest, "dbt")

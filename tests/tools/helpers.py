@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .conftest import ToolRun
 
 
@@ -21,3 +23,12 @@ def assert_progress(run: ToolRun, minimum: int = 2) -> None:
     fractions = [f["fraction"] for f in progress if "fraction" in f]
     assert all(0.0 <= f <= 1.0 for f in fractions)
     assert fractions[-1] == 1.0
+
+
+def assert_tool_error(run: ToolRun) -> dict[str, Any]:
+    """The run failed as the tool's own error (exit 1, one ``ToolError`` frame): that error."""
+    assert run.cli.returncode == 1, run.explain()
+    assert run.status == "tool_error"
+    [error] = run.cli.errors
+    assert error["kind"] == "ToolError"
+    return dict(error)

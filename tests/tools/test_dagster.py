@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EXAMPLES, RunTool, ToolRun
-from .helpers import assert_progress, assert_refused_before_container
+from .helpers import assert_progress, assert_refused_before_container, assert_tool_error
 
 pytestmark = pytest.mark.docker
 
@@ -91,10 +91,7 @@ def test_failing_asset_reports_the_step_error(run_tool: RunTool, tools_root: Pat
     definitions.mkdir()
     (definitions / "definitions.py").write_text(FAILING_DEFINITIONS)
     run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
-    assert run.cli.returncode == 1, run.explain()
-    assert run.status == "tool_error"
-    [error] = run.cli.errors
-    assert error["kind"] == "ToolError"
+    error = assert_tool_error(run)
     assert "step broken failed" in error["message"]
     assert "ValueError: the source table is empty" in error["message"]
     details = error["details"]
@@ -106,15 +103,27 @@ def test_failing_asset_reports_the_step_error(run_tool: RunTool, tools_root: Pat
     assert "the source table is empty" in failure["stack"] or failure["causes"]
 
 
-def test_definitions_input_may_be_the_file_itself(run_tool: RunTool, tools_root: Path) -> None:
-    # The input is mounted as /inputs/definitions, without the .py suffix; importlib found no
-    # loader for it ("cannot load /inputs/definitions as a Python module").
-    definitions = tools_root / "single_file_definitions.py"
-    definitions.write_text(
-        "import dagster as dg\n\n\n@dg.asset\ndef one() -> int:\n    return 1\n\n\n"
-        "defs = dg.Definitions(assets=[one])\n"
-    )
-    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
+ONE_ASSET = "import dagster as dg\n\n\n@dg.asset\ndef one() -> int:\n    return 1\n\n\n"
+
+
+@pytest.mark.parametrize(
+    "definitions",
+    [
+        # The input is mounted as /inputs/definitions, without the .py suffix; importlib found
+        # no loader for it ("cannot load /inputs/definitions as a Python module").
+        "defs = dg.Definitions(assets=[one])\n",
+        # `@dg.definitions` (create-dagster's scaffold) failed: "must define exactly one
+        # dagster.Definitions (found 0)".
+        "@dg.definitions\ndef defs() -> dg.Definitions:\n    return dg.Definitions(assets=[one])\n",
+    ],
+    ids=["definitions-object", "definitions-function"],
+)
+def test_the_definitions_input_may_be_one_file(
+    run_tool: RunTool, tools_root: Path, definitions: str
+) -> None:
+    path = tools_root / f"single_file_definitions_{len(definitions)}.py"
+    path.write_text(ONE_ASSET + definitions)
+    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": path})
     assert run.cli.returncode == 0, run.explain()
     assert run.result["assets"]["one"]["status"] == "materialized"
 
@@ -171,8 +180,7 @@ def test_asset_checks_run_and_a_blocking_one_blocks(
         "metadata": {"value": -5},
     }
     if blocking:
-        assert run.cli.returncode == 1, run.explain()
-        [error] = run.cli.errors
+        error = assert_tool_error(run)
         assert "orders_not_negative" in error["message"]
         assert error["details"]["checks"] == {"orders:orders_not_negative": check}
         assert error["details"]["assets"]["report"]["status"] == "not_run"
@@ -251,25 +259,11 @@ def test_a_partition_missing_or_out_of_place_fails_saying_so(
     definitions = tools_root / "partitioned_bad.py"
     definitions.write_text(PARTITIONED_DEFINITIONS)
     run = run_tool("dagster_orchestrate", args, inputs={"definitions": definitions})
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert expected in error["message"]
     if "partition" not in args:
         assert "pass 'partition' with one key, e.g. '2024-01-01'" in error["message"]
         assert error["details"]["partition_keys"] == ["2024-01-01", "2024-01-02", "2024-01-03"]
-
-
-def test_a_definitions_function_is_loaded(run_tool: RunTool, tools_root: Path) -> None:
-    # `@dg.definitions` (create-dagster's scaffold) failed: "must define exactly one
-    # dagster.Definitions (found 0)".
-    definitions = tools_root / "lazy_definitions.py"
-    definitions.write_text(
-        "import dagster as dg\n\n\n@dg.asset\ndef one() -> int:\n    return 1\n\n\n"
-        "@dg.definitions\ndef defs() -> dg.Definitions:\n    return dg.Definitions(assets=[one])\n"
-    )
-    run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
-    assert run.cli.returncode == 0, run.explain()
-    assert run.result["assets"]["one"]["status"] == "materialized"
 
 
 @pytest.mark.parametrize("init", ["", "from .definitions import defs\n"])
@@ -303,8 +297,7 @@ def test_an_output_too_large_for_the_tmpfs_fails_saying_where_it_went(
         "    return b'x' * (80 * 1024 * 1024)\n\n\ndefs = dg.Definitions(assets=[big])\n"
     )
     run = run_tool("dagster_orchestrate", {}, inputs={"definitions": definitions})
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert error["message"].startswith("step big failed: OSError: [Errno 28]")
     message = error["message"]
     assert "where Dagster's default IO manager stores every asset output, is a 64 MiB" in message

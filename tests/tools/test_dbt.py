@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import PolicyDir, run_cli
 
 from .conftest import EXAMPLES, RUN_TIMEOUT, RunTool, ToolRun
-from .helpers import assert_progress, assert_refused_before_container
+from .helpers import assert_progress, assert_refused_before_container, assert_tool_error
 
 pytestmark = pytest.mark.docker
 
@@ -105,9 +105,7 @@ def test_a_database_named_like_a_duckdb_catalog_fails_saying_so(
         inputs={"project": EXAMPLES / "dbt_project", "source_db": ingest.output},
         output=f"dbt-{database}",
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
-    assert error["kind"] == "ToolError"
+    error = assert_tool_error(run)
     assert "DuckDB reserves the catalog name" in error["message"]
     assert "choose another file name" in error["message"]
     assert run.outputs == {}
@@ -128,10 +126,7 @@ def test_broken_model_fails_naming_the_model(
         inputs={"project": project, "source_db": ingest.output},
         output="dbt-broken",
     )
-    assert run.cli.returncode == 1, run.explain()
-    assert run.status == "tool_error"
-    [error] = run.cli.errors
-    assert error["kind"] == "ToolError"
+    error = assert_tool_error(run)
     assert "model.shop.broken_model" in error["message"]
     assert "no_such_column" in error["message"]  # dbt's own (DuckDB binder) error
     assert error["details"]["failed"] == ["model.shop.broken_model"]
@@ -192,9 +187,7 @@ def test_a_project_requiring_another_dbt_version_fails_saying_so(
     run = run_tool(
         "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-newer"
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
-    assert error["kind"] == "ToolError"
+    error = assert_tool_error(run)
     assert ">=99.0.0" in error["message"]
     assert "1.11" in error["message"]
     assert run.outputs == {}
@@ -246,8 +239,7 @@ def test_a_project_with_uninstalled_packages_fails_saying_how_to_vendor_them(
     run = run_tool(
         "dbt_transform", {"command": "run"}, inputs={"project": project}, output="dbt-deps"
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert "UninstalledPackagesFoundError" in error["message"]
     assert "cannot run `dbt deps`" in error["message"]
     assert "packages-install-path: dbt_packages" in error["message"]
@@ -319,8 +311,7 @@ def test_an_unreadable_dbt_project_yml_fails_naming_it(
     project.mkdir()
     (project / "dbt_project.yml").write_text(text)
     run = run_tool("dbt_transform", {}, inputs={"project": project}, output=f"dbt-{project.name}")
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert error["message"].startswith(expected)
 
 
@@ -344,8 +335,7 @@ def test_a_database_named_like_the_source_alias_fails_saying_so(
         inputs={"project": EXAMPLES / "dbt_project", "source_db": source},
         output=f"dbt-alias-{alias}",
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert error["message"].startswith(
         f"database {args['database']!r} and source_alias {alias!r} name the same DuckDB catalog"
     )

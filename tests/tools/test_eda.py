@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ROOT
 
 from .conftest import EXAMPLES, RunTool, ToolRun
-from .helpers import assert_progress, assert_refused_before_container
+from .helpers import assert_progress, assert_refused_before_container, assert_tool_error
 
 pytestmark = pytest.mark.docker
 
@@ -80,9 +80,7 @@ def test_missing_table_fails_listing_the_tables(run_tool: RunTool, dbt_build: To
         inputs={"data": dbt_build.output / "dbt.duckdb"},
         output="eda-missing",
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
-    assert error["kind"] == "ToolError"
+    error = assert_tool_error(run)
     assert "marts.no_such_table" in error["message"]
     assert "marts.mart_user_purchases" in error["details"]["tables"]
 
@@ -120,9 +118,7 @@ def test_a_csv_without_profilable_rows_fails_saying_what_is_wrong(
     data.mkdir()
     (data / "bad.csv").write_bytes(content)
     run = run_tool("eda_analyze", {}, inputs={"data": data}, output=f"{data.name}-out")
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
-    assert error["kind"] == "ToolError"
+    error = assert_tool_error(run)
     assert expected in error["message"]
     assert run.outputs == {}
     assert (data / "bad.csv").read_bytes() == content
@@ -197,8 +193,7 @@ def test_a_view_over_a_detached_database_fails_saying_so(
         inputs={"data": dbt.output / "dbt.duckdb"},
         output="eda-view",
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert error["message"].startswith("view 'main.users_view' in ")
     assert " cannot be read: " in error["message"]
     assert "source_db" in error["message"]  # DuckDB's words: the catalog it could not find
@@ -222,8 +217,7 @@ def test_a_date_column_that_does_not_parse_fails_naming_it(
         inputs={"data": data},
         output="eda-dates",
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert error["message"].startswith("events.csv: parse_dates column(s) 'local' could not")
     assert "ISO 8601" in error["message"]
     assert error["details"]["unparsed"] == {"local": ["01.02.2024", "13.02.2024"]}
@@ -262,8 +256,7 @@ def test_a_table_named_with_the_files_old_catalog_fails_saying_how_to_name_it(
         inputs={"data": dbt_build.output / "dbt.duckdb"},
         output="eda-catalog",
     )
-    assert run.cli.returncode == 1, run.explain()
-    [error] = run.cli.errors
+    error = assert_tool_error(run)
     assert error["message"] == (
         "table 'dbt.marts.mart_user_purchases' not found in data (its catalog is 'data' here, "
         "not 'dbt': name the table as schema.table)"

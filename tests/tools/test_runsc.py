@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import PolicyDir
 
-from .conftest import EXAMPLES, TOOLS, RunTool, ToolRun, tool_runner
+from .conftest import EXAMPLES, TOOLS, RunTool, ToolRun, build_example_project, tool_runner
 
 pytestmark = [pytest.mark.docker, pytest.mark.runsc]
 
@@ -34,14 +34,7 @@ def ingest_runsc(run_runsc: RunTool) -> ToolRun:
 
 @pytest.fixture(scope="module")
 def dbt_runsc(run_runsc: RunTool, ingest_runsc: ToolRun) -> ToolRun:
-    assert ingest_runsc.cli.returncode == 0, ingest_runsc.explain()
-    assert ingest_runsc.output is not None
-    return run_runsc(
-        "dbt_transform",
-        {"command": "build"},
-        inputs={"project": EXAMPLES / "dbt_project", "source_db": ingest_runsc.output},
-        output="runsc-dbt",
-    )
+    return build_example_project(run_runsc, ingest_runsc, "runsc-dbt")
 
 
 def test_ingest_under_runsc(ingest_runsc: ToolRun) -> None:
