@@ -47,6 +47,7 @@ from .spec import (
     Owner,
     build_spec,
 )
+from .stdout_pipe import StdoutPipe
 from .stream import FrameAssembler
 
 if TYPE_CHECKING:
@@ -350,12 +351,15 @@ class Coordinator:
         stage = staging.prepare_output(output_dir, frames.run_id) if output_dir else None
         # Only a request without mounts can take a pre-created container (docs/performance.md).
         slot = self.pool.claim(loaded) if self.pool and not inputs and stage is None else None
+        pipe: StdoutPipe | None = None
         try:
             if slot is not None:
                 # The container's own deadline is the policy's; the watchdog enforces ours.
                 spec = dataclasses.replace(slot.spec, timeout_s=timeout_s)
             else:
-                spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s)
+                if self.runtime.takes_stdout_pipe(policy.image.id):
+                    pipe = StdoutPipe.create()
+                spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s, pipe)
             outcome.spec = spec
             outcome.limits = _effective_limits(spec, loaded, timeout_s)
             yield [
@@ -368,13 +372,17 @@ class Coordinator:
                     limits=outcome.limits,
                 )
             ]
-            yield from self._contain(spec, request, frames, outcome, cancel, stage, loaded, slot)
+            yield from self._contain(
+                spec, request, frames, outcome, cancel, stage, loaded, slot, pipe
+            )
         except GeneratorExit:
             # The caller stopped reading (a closed pipe, a dropped generator): the run did not
             # end on its own, so what it wrote so far is set aside, never published as whole.
             outcome.fail(Interrupted(ABANDONED))
             raise
         finally:
+            if pipe is not None:
+                pipe.close()
             self._finish_outputs(stage, outcome, loaded)
 
     def _spec(
@@ -384,6 +392,7 @@ class Coordinator:
         inputs: dict[str, str],
         stage: staging.OutputStaging | None,
         timeout_s: float,
+        pipe: StdoutPipe | None,
     ) -> ContainerSpec:
         assert self.owner is not None  # noqa: S101 - set in __post_init__
         return build_spec(
@@ -395,6 +404,7 @@ class Coordinator:
             timeout_s=timeout_s,
             owner=self.owner,
             deadline=self.wall_clock() + timeout_s,
+            stdout_pipe=pipe.path if pipe else None,
         )
 
     def _contain(
@@ -407,6 +417,7 @@ class Coordinator:
         stage: staging.OutputStaging | None,
         loaded: LoadedPolicy,
         slot: Slot | None = None,
+        pipe: StdoutPipe | None = None,
     ) -> Iterator[list[Frame]]:
         container_id = slot.container_id if slot is not None else self.runtime.create(spec)
         outcome.container_created = True
@@ -414,7 +425,7 @@ class Coordinator:
         watchdog: Watchdog | None = None
         exited = False
         try:
-            attachment = self.runtime.attach(container_id)
+            attachment = self.runtime.attach(container_id, pipe.fd if pipe else None)
             attachment.send_stdin(_stdin_line(frames.run_id, request, stage is not None))
             if cancel.is_set():
                 msg = "interrupted before the container started"

@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +34,7 @@ from .runtime import (
     ResourceUsage,
     StreamName,
 )
-from .spec import LABEL_MANAGED, LABEL_RUN_ID, ContainerSpec
+from .spec import LABEL_MANAGED, LABEL_RUN_ID, LABEL_STDOUT_PIPE, ContainerSpec
 
 T = TypeVar("T")
 ENGINE_FIX = (
@@ -53,6 +55,13 @@ BATCH_WAIT_US = 2000
 _BATCH_MAX_BYTES = 128 * 1024
 ENGINE_WRITE_BYTES = 32 * 1024  # the most the engine forwards of a stream in one write
 _WMEM_DEFAULT = Path("/proc/sys/net/core/wmem_default")
+_PIPE_READ_BYTES = 1024 * 1024  # the whole pipe (stdout_pipe.PIPE_BYTES)
+# Once the attach stream has ended the container is ending: its processes are being killed, and
+# a pipe whose writers are all gone reports it at once. A pipe no writer ever opened (a launcher
+# that failed before opening it) never does; it gets this long.
+PIPE_DRAIN_S = 1.0
+_PIPE_POLL_MS = 100  # how often a drain looks at ``close()``
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
 # Where Docker's cgroupfs driver puts a container's counters (cgroup v1, then v2).
@@ -269,11 +278,13 @@ def batch_bytes() -> int:
 
 
 class DockerAttachment:
-    """A hijacked attach connection: stdin in, multiplexed stdout/stderr out."""
+    """A hijacked attach connection: stdin in, multiplexed stdout/stderr out; or, with a stdout
+    pipe, stdin in and stderr out, stdout read from the pipe."""
 
-    def __init__(self, sock: socket.socket, early: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, early: bytes = b"", pipe: int | None = None) -> None:
         self._sock = sock
         self._early = early  # stream bytes that came with the upgrade's response head
+        self._pipe = pipe
         self._writer: threading.Thread | None = None
         self._closed = False
         self._batched = False
@@ -296,6 +307,9 @@ class DockerAttachment:
         if self._early:
             yield from demux.feed(self._early)
             self._early = b""
+        if self._pipe is not None:
+            yield from self._piped_chunks(demux, self._pipe)
+            return
         while True:
             try:
                 data = self._sock.recv(_RECV_BYTES)
@@ -312,6 +326,55 @@ class DockerAttachment:
             if not self._batched and len(data) >= BULK_READ_BYTES:
                 self._batch(on=True)
             yield from demux.feed(data)
+
+    def _piped_chunks(self, demux: Demuxer, pipe: int) -> Iterator[tuple[StreamName, bytes]]:
+        """Stdout from the pipe, stderr from the socket, each as it arrives, until the socket
+        ends (the container's stdio closed); then what is left in the pipe."""
+        sock = self._sock.fileno()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(pipe, select.POLLIN)
+        pipe_open = True
+        while True:
+            for fd, _ in poller.poll():
+                if fd == pipe:
+                    data = _read_pipe(pipe)
+                    if data:
+                        yield "stdout", data
+                    elif data == b"":  # every writer closed it: stdout is done
+                        poller.unregister(pipe)
+                        pipe_open = False
+                    continue
+                data = self._recv()
+                if not data:
+                    if pipe_open:
+                        yield from self._drained(pipe)
+                    return
+                yield from demux.feed(data)
+
+    def _recv(self) -> bytes:
+        try:
+            return self._sock.recv(_RECV_BYTES)
+        except OSError as exc:
+            if self._closed:
+                return b""
+            msg = f"lost the container's output stream: {exc}"
+            raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
+
+    def _drained(self, pipe: int) -> Iterator[tuple[StreamName, bytes]]:
+        poller = select.poll()
+        poller.register(pipe, select.POLLIN)
+        quiet_until = time.monotonic() + PIPE_DRAIN_S
+        while not self._closed:
+            if not poller.poll(_PIPE_POLL_MS):
+                if time.monotonic() >= quiet_until:
+                    return  # no writer ever opened it
+                continue
+            data = _read_pipe(pipe)
+            if data == b"":
+                return
+            if data:
+                yield "stdout", data
 
     def _batch(self, *, on: bool) -> None:
         lowat, wait_us = (batch_bytes(), BATCH_WAIT_US) if on else (1, 0)
@@ -336,6 +399,14 @@ class DockerAttachment:
         self._sock.close()
 
 
+def _read_pipe(fd: int) -> bytes | None:
+    """What the pipe holds; b"" once every writer has closed it, None if it is empty."""
+    try:
+        return os.read(fd, _PIPE_READ_BYTES)
+    except BlockingIOError:
+        return None
+
+
 class DockerRuntime:
     """``ContainerRuntime`` over the Engine API."""
 
@@ -344,6 +415,7 @@ class DockerRuntime:
         self._timeout_s = timeout_s
         self._client: EngineClient | None = None
         self._checked_images: set[tuple[str, str]] = set()
+        self._pipe_images: set[str] = set()
         self._counters = CgroupCounters()
 
     @property
@@ -382,7 +454,12 @@ class DockerRuntime:
                 actual_id=actual,
                 pinned_id=pinned_id,
             )
+        if ((found.get("Config") or {}).get("Labels") or {}).get(LABEL_STDOUT_PIPE) == "1":
+            self._pipe_images.add(pinned_id)
         self._checked_images.add((name, pinned_id))
+
+    def takes_stdout_pipe(self, pinned_id: str) -> bool:
+        return pinned_id in self._pipe_images
 
     def create(self, spec: ContainerSpec) -> str:
         body = spec.engine_body()
@@ -407,13 +484,14 @@ class DockerRuntime:
 
         return self._retrying("create the container", create_once)
 
-    def attach(self, container_id: str) -> Attachment:
-        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+    def attach(self, container_id: str, stdout_pipe: int | None = None) -> Attachment:
+        stdout = 0 if stdout_pipe is not None else 1
+        params = {"stdin": 1, "stdout": stdout, "stderr": 1, "stream": 1, "logs": 0}
         with translated("attach to the container"):
             sock, early = self.client.hijack(container_path(container_id, "/attach"), params)
         # The client's request timeout would end a quiet run's stream; the watchdog bounds it.
         sock.settimeout(None)
-        return DockerAttachment(sock, early)
+        return DockerAttachment(sock, early, stdout_pipe)
 
     def start(self, container_id: str) -> None:
         with translated("start the container"):

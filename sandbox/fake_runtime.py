@@ -45,6 +45,9 @@ class FakeRuntime:
     _killed: dict[str, threading.Event] = field(default_factory=dict)
     _running: dict[str, FakeContainer] = field(default_factory=dict)
     _spec_of: dict[str, ContainerSpec] = field(default_factory=dict)
+    # Whether images "have" the launcher that takes a stdout pipe; the pipes a run attached.
+    stdout_pipes: bool = False
+    attached_pipes: dict[str, int | None] = field(default_factory=dict)
 
     def _maybe_fail(self, call: str) -> None:
         pending = self.fail.get(call)
@@ -72,9 +75,13 @@ class FakeRuntime:
         )
         return container_id
 
-    def attach(self, container_id: str) -> _FakeAttachment:
+    def takes_stdout_pipe(self, pinned_id: str) -> bool:
+        return self.stdout_pipes
+
+    def attach(self, container_id: str, stdout_pipe: int | None = None) -> _FakeAttachment:
         self.calls.append(("attach", container_id))
         self._maybe_fail("attach")
+        self.attached_pipes[container_id] = stdout_pipe
         return _FakeAttachment(self, container_id)
 
     def start(self, container_id: str) -> None:

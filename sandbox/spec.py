@@ -22,9 +22,14 @@ LABEL_DEADLINE = f"{LABEL_PREFIX}.deadline"
 LABEL_POLICY_SHA = f"{LABEL_PREFIX}.policy_sha256"
 # Set on warm-pool containers, so every server on the engine can count the idle ones.
 LABEL_POOL = f"{LABEL_PREFIX}.pool"
+# Set on an image whose launcher takes ``--stdout PIPE`` (images/base/Dockerfile).
+LABEL_STDOUT_PIPE = f"{LABEL_PREFIX}.stdout-pipe"
 
 INPUTS_DIR = "/inputs"
 OUTPUT_DIR = "/output"
+# Where a run's stdout pipe is mounted (read-only: a named pipe stays writable on a read-only
+# mount, nothing else about it is).
+STDOUT_PIPE_TARGET = "/run/sandbox/stdout"
 MIB = 1024 * 1024
 # gVisor's own threads count against the pids limit (engine notes: 7 of 10 runs failed with
 # only one process of headroom), so runs under runsc get this many more.
@@ -77,6 +82,8 @@ class ContainerSpec:
     frame_max_bytes: int
     stream_cap_bytes: int
     hostname: str = "sandbox"
+    # The host path of the named pipe the tool's stdout goes to, or None: the attach socket.
+    stdout_pipe: str | None = None
 
     def create_kwargs(self) -> dict[str, Any]:
         """The exact keyword arguments for ``docker.client.containers.create``."""
@@ -139,12 +146,17 @@ def container_name(run_id: str) -> str:
 LAUNCHER = ("python3", "-I", "-S", "/opt/sandbox/lib/sandbox_launch.py", "--")
 
 
-def wrapped_command(command: list[str], timeout_s: float) -> tuple[str, ...]:
+def wrapped_command(
+    command: list[str], timeout_s: float, *, stdout_pipe: bool = False
+) -> tuple[str, ...]:
     """The policy's command under the launcher (a stacked seccomp filter refusing AF_VSOCK,
-    which older engines' default profile allows) and an in-container deadline that holds even
-    if the coordinator is killed. Both exec, so they cost no extra process."""
+    which older engines' default profile allows; the stdout pipe, if any) and an in-container
+    deadline that holds even if the coordinator is killed. Both exec, so they cost no extra
+    process."""
     seconds = int(timeout_s + 0.999) + IN_CONTAINER_GRACE_S
-    return (*LAUNCHER, "timeout", "-s", "KILL", f"{seconds}s", *command)
+    options = ("--stdout", STDOUT_PIPE_TARGET) if stdout_pipe else ()
+    deadline = ("timeout", "-s", "KILL", f"{seconds}s")
+    return (*LAUNCHER[:-1], *options, LAUNCHER[-1], *deadline, *command)
 
 
 def build_spec(
@@ -157,8 +169,10 @@ def build_spec(
     timeout_s: float,
     owner: Owner,
     deadline: float,
+    stdout_pipe: str | None = None,
 ) -> ContainerSpec:
-    """The container for one authorized run. ``inputs`` maps names to resolved real host paths."""
+    """The container for one authorized run. ``inputs`` maps names to resolved real host paths;
+    ``stdout_pipe`` is the host path of a named pipe for the tool's stdout."""
     limits = policy.limits
     mounts = [
         BindMount(source=path, target=f"{INPUTS_DIR}/{name}", read_only=True)
@@ -166,6 +180,8 @@ def build_spec(
     ]
     if staging_dir is not None:
         mounts.append(BindMount(source=staging_dir, target=OUTPUT_DIR, read_only=False))
+    if stdout_pipe is not None:
+        mounts.append(BindMount(source=stdout_pipe, target=STDOUT_PIPE_TARGET, read_only=True))
     pids = limits.pids + WRAPPER_PIDS
     if policy.runtime == "runsc":
         pids += RUNSC_PIDS_HEADROOM
@@ -186,7 +202,7 @@ def build_spec(
     return ContainerSpec(
         name=container_name(run_id),
         image_id=policy.image.id,
-        command=wrapped_command(policy.command, timeout_s),
+        command=wrapped_command(policy.command, timeout_s, stdout_pipe=stdout_pipe is not None),
         user=policy.user,
         env=tuple(sorted(env.items())),
         labels=tuple(sorted(labels.items())),
@@ -201,6 +217,7 @@ def build_spec(
         timeout_s=timeout_s,
         frame_max_bytes=frame_max,
         stream_cap_bytes=limits.stdout_mb * MIB,
+        stdout_pipe=stdout_pipe,
     )
 
 

@@ -255,18 +255,15 @@ def collect_garbage_again() -> None:
         gc.enable()
 
 
-PIPE_BYTES = 1024 * 1024
-
-
 def widen_pipe(out: BinaryIO) -> None:
-    """Give a stdout pipe 1 MiB of buffer (Linux's unprivileged maximum) instead of 64 KiB: a
-    large frame then costs one write, not a write per 64 KiB and a switch to the reader."""
+    """A stdout pipe with 1 MiB of buffer (``stdout_pipe.widen``)."""
     try:
-        import fcntl
-
-        fcntl.fcntl(out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        fd = out.fileno()
     except (OSError, ValueError, AttributeError):
-        return  # not a pipe (a file, a terminal), or a host without the call: nothing to gain
+        return  # no file descriptor: nothing to widen
+    from ..stdout_pipe import widen
+
+    widen(fd)
 
 
 def _reap_quietly(coordinator: Coordinator) -> None:

@@ -35,6 +35,7 @@ RUN_ID = "<run_id>"
 INPUT_NAME = "<name>"
 INPUT_SOURCE = "<host path under an allowed root>"
 STAGING_DIR = "<staging_dir>"
+STDOUT_PIPE = "<stdout pipe>"
 LABEL_PLACEHOLDERS = {
     LABEL_OWNER_PID: "<owner_pid>",
     LABEL_OWNER_START: "<owner_start>",
@@ -99,6 +100,7 @@ def effective_kwargs(loaded: LoadedPolicy) -> dict[str, Any]:
         timeout_s=policy.limits.timeout_s,
         owner=Owner(pid=0, start_time=0.0, host=LABEL_PLACEHOLDERS[LABEL_OWNER_HOST]),
         deadline=0.0,
+        stdout_pipe=STDOUT_PIPE,
     )
     kwargs = spec.create_kwargs()
     labels = dict(kwargs["labels"])

@@ -137,7 +137,9 @@ def render_md(report: AuditReport) -> str:
         "",
         f"{len(report.entries)} tool(s); baseline: `{report.baseline}`. Engine settings are "
         "exactly what the coordinator passes to Docker for a request using every input and an "
-        "output directory; run-specific values are `<placeholders>`.",
+        "output directory, on an image whose launcher takes the stdout pipe (a warm-pool or "
+        "other image's container has no pipe mount and no `--stdout`); run-specific values "
+        "are `<placeholders>`.",
         "",
         *_summary(report),
         "",

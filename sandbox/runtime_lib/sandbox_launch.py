@@ -1,6 +1,13 @@
 """Start a tool inside its container: stack a seccomp filter on top of the engine's, then exec.
 
-Usage: ``python3 -I -S sandbox_launch.py -- CMD ARGS...`` (stdlib only, runs as the tool's user).
+Usage: ``python3 -I -S sandbox_launch.py [--stdout PIPE] -- CMD ARGS...`` (stdlib only, runs as
+the tool's user).
+
+With ``--stdout``, the tool's stdout is the named pipe PIPE, which the coordinator mounted from
+the host and reads itself: the bulk of a run's output then skips the engine's stdio relay
+(containerd's shim, dockerd and the attach socket, three copies and their wake-ups). The pipe is
+opened before anything else, without blocking: the coordinator opened its end before the
+container was created, so no reader means the coordinator is gone and the tool must not run.
 
 Seccomp filters stack and the most restrictive answer wins, so this can only take away. It
 refuses ``socket(AF_VSOCK, ...)``: older engines' default profile (e.g. Docker 20.10) still allows
@@ -105,10 +112,32 @@ def install_filter() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 
 
+USAGE = "usage: sandbox_launch.py [--stdout PIPE] -- COMMAND [ARGS...]\n"
+
+
+def redirect_stdout(pipe: str) -> None:
+    """Make ``pipe`` this process's stdout (inherited by the tool through exec)."""
+    fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    # Opened without blocking only so that a missing reader fails at once (ENXIO); the tool
+    # gets an ordinary blocking stdout.
+    os.set_blocking(fd, True)
+    os.dup2(fd, 1)  # dup2's copy is inheritable
+    os.close(fd)
+
+
 def main(argv: list[str]) -> None:
+    pipe = None
+    if len(argv) >= 2 and argv[0] == "--stdout":
+        pipe, argv = argv[1], argv[2:]
     if len(argv) < 2 or argv[0] != "--":
-        sys.stderr.write("usage: sandbox_launch.py -- COMMAND [ARGS...]\n")
+        sys.stderr.write(USAGE)
         sys.exit(2)
+    if pipe is not None:
+        try:
+            redirect_stdout(pipe)
+        except OSError as exc:
+            sys.stderr.write(f"sandbox_launch: cannot open the stdout pipe {pipe}: {exc}\n")
+            sys.exit(126)
     try:
         install_filter()
     except OSError as exc:

@@ -406,3 +406,44 @@ def test_a_run_removes_containers_of_a_killed_coordinator_beside_its_own(
     assert_exit(result, "ok", 0)
     assert containers_for_run(docker_client, victim_run) == []
     assert containers_for_run(docker_client, result.frames[-1]["run_id"]) == []
+
+
+def test_stdout_comes_through_the_runs_own_pipe_which_is_gone_after(
+    testkit_policies: PolicyDir, tmp_path: Path
+) -> None:
+    pipes = tmp_path / "pipes"  # where this run's coordinator makes its pipe (TMPDIR)
+    pipes.mkdir()
+    audit = tmp_path / "audit.jsonl"
+    env = {"TMPDIR": str(pipes), "SANDBOX_AUDIT_LOG": str(audit)}
+    args = json.dumps({"case": "frame_flood", "count": 300})  # 18 MB, 18 pipefuls
+    result = run_cli(["run", "testkit", "--args", args], policies=testkit_policies.path, env=env)
+    assert_exit(result, "ok", 0)
+    assert [f["payload"]["i"] for f in result.of_type("data")] == list(range(300))
+    assert result.result == {"count": 300}
+    [record] = [json.loads(line) for line in audit.read_text().splitlines()]
+    piped = [m for m in record["mounts"] if m["target"] == "/run/sandbox/stdout"]
+    assert [(m["source"].startswith(f"{pipes}/sandbox-pipe-"), m["read_only"]) for m in piped] == [
+        (True, True)
+    ]
+    assert list(pipes.iterdir()) == []
+    # A run the watchdog ends removes its pipe too.
+    args = json.dumps({"case": "sleep", "seconds": 30})
+    flags = ["--timeout", "1"]
+    ended = run_cli(
+        ["run", "testkit", "--args", args, *flags], policies=testkit_policies.path, env=env
+    )
+    assert_exit(ended, "timeout", 4)
+    assert list(pipes.iterdir()) == []
+
+
+def test_the_engine_says_which_images_take_a_stdout_pipe(docker_client: Any) -> None:
+    from sandbox.docker_runtime import DockerRuntime
+
+    runtime = DockerRuntime()
+    testkit = docker_client.images.get("sandbox/testkit:latest").id
+    runtime.check_image("sandbox/testkit:latest", testkit)
+    assert runtime.takes_stdout_pipe(testkit)
+    # An image without the label (the root file system every image starts from) does not.
+    rootfs = docker_client.images.get("sandbox/debian-rootfs:bookworm").id
+    runtime.check_image("sandbox/debian-rootfs:bookworm", rootfs)
+    assert not runtime.takes_stdout_pipe(rootfs)

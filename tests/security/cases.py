@@ -67,6 +67,32 @@ CASES: dict[str, Case] = {
         "for t in ts: t.join()\n"
         "print(json.dumps({'type': 'result', 'payload': {'threads': len(done)}}))\n"
     ),
+    # The run's stdout pipe, from the inside: a named pipe on a read-only mount, writable (it
+    # is the tool's stdout, reopened or not) and nothing else.
+    "stdout_pipe": _py(
+        "import errno, json, os, stat\n"
+        "p = '/run/sandbox/stdout'\n"
+        "def attempt(f):\n"
+        "    try:\n"
+        "        f()\n"
+        "        return 'ok'\n"
+        "    except OSError as e:\n"
+        "        return errno.errorcode[e.errno]\n"
+        "st = os.stat(p)\n"
+        "found = {\n"
+        "    'fifo': stat.S_ISFIFO(st.st_mode),\n"
+        "    'read': attempt(lambda: os.close(os.open(p, os.O_RDONLY | os.O_NONBLOCK))),\n"
+        "    'rdwr': attempt(lambda: os.close(os.open(p, os.O_RDWR | os.O_NONBLOCK))),\n"
+        "    'chmod': attempt(lambda: os.chmod(p, 0o666)),\n"
+        "    'unlink': attempt(lambda: os.unlink(p)),\n"
+        "    'mount': [m.split()[3].split(',')[0] for m in open('/proc/self/mounts')\n"
+        "              if m.split()[1] == p],\n"
+        "}\n"
+        "fd = os.open(p, os.O_WRONLY)\n"
+        'os.write(fd, b\'{"type": "data", "payload": "reopened"}\\n\')\n'
+        "os.close(fd)\n"
+        "print(json.dumps({'type': 'result', 'payload': found}))\n"
+    ),
     "memory_bomb": _t("memory", cost=3, mb=2000),
     "tmpfs_fill": _t("tmpfs_fill"),
     "output_fill": _t("fill_output", "--output", "{out}", cost=3, files=50, mb_per_file=1),

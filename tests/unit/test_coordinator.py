@@ -4,10 +4,15 @@ and the container is always removed before the exit frame."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sandbox.audit import AuditLog, AuditRecord, RunFacts, tail
 from sandbox.coordinator import Coordinator, should_reap
@@ -15,7 +20,8 @@ from sandbox.errors import InfrastructureError, InvalidRequest
 from sandbox.fake_runtime import FakeContainer, FakeRuntime
 from sandbox.frame_models import decode
 from sandbox.request import Request
-from sandbox.spec import Owner
+from sandbox.spec import STDOUT_PIPE_TARGET, Owner
+from sandbox.stdout_pipe import DIR_PREFIX
 
 from .conftest import FakeClock
 
@@ -413,3 +419,62 @@ def test_a_read_of_many_short_lines_comes_in_bounded_batches(
     flat = [frame for batch in batches for frame in batch]
     assert [f["seq"] for f in flat] == list(range(len(flat)))
     assert flat[-2]["line"] == "x"
+
+
+def leftover_pipes(root: Path) -> list[Path]:
+    return sorted(root.glob(f"{DIR_PREFIX}*"))
+
+
+@pytest.fixture
+def pipe_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def test_an_image_that_takes_a_stdout_pipe_gets_one_for_its_run_only(
+    run: Run, runtime: FakeRuntime, pipe_root: Path
+) -> None:
+    runtime.stdout_pipes = True
+    seen: list[tuple[str, int | None]] = []
+    attach = runtime.attach
+
+    def attach_and_look(container_id: str, stdout_pipe: int | None = None) -> Any:
+        spec = runtime.specs[-1]
+        assert spec.stdout_pipe is not None
+        assert stat.S_ISFIFO(Path(spec.stdout_pipe).stat().st_mode)  # made before the container
+        seen.append((spec.stdout_pipe, stdout_pipe))
+        return attach(container_id, stdout_pipe)
+
+    runtime.attach = attach_and_look  # type: ignore[method-assign]
+    frames = run(FakeContainer())
+    assert frames[-1]["status"] == "ok"
+    [(path, fd)] = seen
+    spec = runtime.specs[0]
+    assert (path, STDOUT_PIPE_TARGET, True) in [
+        (m.source, m.target, m.read_only) for m in spec.mounts
+    ]
+    assert fd is not None
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)  # closed with the run
+    assert leftover_pipes(pipe_root) == []
+
+
+def test_the_stdout_pipe_is_removed_when_the_container_cannot_be_made(
+    run: Run, runtime: FakeRuntime, pipe_root: Path
+) -> None:
+    runtime.stdout_pipes = True
+    runtime.fail["create"] = [InfrastructureError("create failed")]
+    frames = run(FakeContainer())
+    assert frames[-1]["status"] == "infrastructure_error"
+    assert leftover_pipes(pipe_root) == []
+
+
+def test_an_image_without_the_launchers_label_streams_through_attach_alone(
+    run: Run, runtime: FakeRuntime, pipe_root: Path
+) -> None:
+    run(FakeContainer())
+    assert runtime.specs[0].stdout_pipe is None
+    assert runtime.attached_pipes == {"fake-0": None}
+    assert leftover_pipes(pipe_root) == []

@@ -4,9 +4,11 @@ installed for real by the host kernel in a child process, the way an image runs 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,9 @@ PROBE = textwrap.dedent(
 )
 
 
-def launched(*command: str) -> subprocess.CompletedProcess[str]:
+def launched(*command: str, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - the host's own interpreter on fixed arguments
-        [sys.executable, "-I", "-S", str(LAUNCHER), "--", *command],
+        [sys.executable, "-I", "-S", str(LAUNCHER), *options, "--", *command],
         capture_output=True,
         text=True,
         timeout=30,
@@ -92,3 +94,35 @@ def test_without_a_command_it_refuses_with_usage() -> None:
     done = launched()
     assert done.returncode == 2
     assert "usage" in done.stderr
+
+
+@pytest.fixture
+def pipe(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A named pipe with a reader, as the coordinator makes it: (path, reading fd)."""
+    path = tmp_path / "stdout"
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    yield str(path), fd
+    os.close(fd)
+
+
+def test_with_a_stdout_pipe_the_command_writes_its_stdout_there(pipe: tuple[str, int]) -> None:
+    path, fd = pipe
+    code = "import os, sys; print(os.get_blocking(1)); print('to stderr', file=sys.stderr)"
+    done = launched(sys.executable, "-I", "-c", code, options=("--stdout", path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == "to stderr\n"
+    # A blocking stdout, like any other: the launcher's non-blocking open is its own.
+    assert os.read(fd, 1024) == b"True\n"
+
+
+def test_a_stdout_pipe_without_a_reader_fails_before_the_command_runs(tmp_path: Path) -> None:
+    path = tmp_path / "stdout"
+    os.mkfifo(path)
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').close()"
+    done = launched(sys.executable, "-I", "-c", code, options=("--stdout", str(path)))
+    assert done.returncode == 126
+    assert f"cannot open the stdout pipe {path}" in done.stderr
+    assert not marker.exists()

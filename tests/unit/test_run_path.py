@@ -87,7 +87,8 @@ def test_sandbox_run_widens_a_stdout_pipe_and_leaves_other_outputs_alone(
     import fcntl
     import os
 
-    from sandbox.cli import PIPE_BYTES, widen_pipe
+    from sandbox.cli import widen_pipe
+    from sandbox.stdout_pipe import PIPE_BYTES
 
     read_end, write_end = os.pipe()
     with os.fdopen(write_end, "wb") as out, os.fdopen(read_end, "rb"):

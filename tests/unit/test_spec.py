@@ -20,7 +20,7 @@ from .conftest import policy_data
 MIB = 1024 * 1024
 
 
-def make_spec(**overrides: Any) -> ContainerSpec:
+def make_spec(stdout_pipe: str | None = None, **overrides: Any) -> ContainerSpec:
     policy = Policy.model_validate(policy_data(**overrides))
     return build_spec(
         policy,
@@ -31,6 +31,7 @@ def make_spec(**overrides: Any) -> ContainerSpec:
         timeout_s=7.5,
         owner=Owner(pid=10, start_time=123.456, host="h1"),
         deadline=2000.0,
+        stdout_pipe=stdout_pipe,
     )
 
 
@@ -171,6 +172,26 @@ def test_command_is_a_list_under_the_launcher_and_a_deadline(kwargs: dict[str, A
         "python3",
         "/opt/testkit/main.py",
     ]
+
+
+def test_a_stdout_pipe_is_a_read_only_bind_and_the_launchers_stdout() -> None:
+    kwargs = make_spec(stdout_pipe="/tmp/sandbox-pipe-x/stdout").create_kwargs()
+    assert kwargs["mounts"][-1] == {
+        "Type": "bind",
+        "Source": "/tmp/sandbox-pipe-x/stdout",
+        "Target": "/run/sandbox/stdout",
+        "ReadOnly": True,
+    }
+    # The option goes to the launcher, before its `--`: never to the tool.
+    launcher = kwargs["command"][: kwargs["command"].index("--")]
+    assert launcher[-2:] == ["--stdout", "/run/sandbox/stdout"]
+    assert make_spec(stdout_pipe="/p").stdout_pipe == "/p"
+
+
+def test_without_a_stdout_pipe_neither_mount_nor_option(kwargs: dict[str, Any]) -> None:
+    assert "/run/sandbox/stdout" not in [m["Target"] for m in kwargs["mounts"]]
+    assert "--stdout" not in kwargs["command"]
+    assert make_spec().stdout_pipe is None
 
 
 def test_stdin_is_open_once_and_no_tty(kwargs: dict[str, Any]) -> None:

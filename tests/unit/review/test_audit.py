@@ -15,6 +15,7 @@ from sandbox.review.audit import (
     LABEL_PLACEHOLDERS,
     RUN_ID,
     STAGING_DIR,
+    STDOUT_PIPE,
     AuditEntry,
     AuditReport,
     audit_set,
@@ -24,7 +25,7 @@ from sandbox.review.audit_md import render_md
 from sandbox.review.explain import SDK_ONLY, docker_argv
 from sandbox.review.roots import Host
 from sandbox.review.source import load, read_dir
-from sandbox.spec import Owner, build_spec
+from sandbox.spec import STDOUT_PIPE_TARGET, Owner, build_spec
 
 from .conftest import FIXTURES, ROOT, CliRunner, assert_golden, write_policy
 
@@ -56,6 +57,7 @@ def test_engine_settings_are_the_spec_kwargs_with_placeholders(report: AuditRepo
         timeout_s=loaded.policy.limits.timeout_s,
         owner=Owner(pid=0, start_time=0.0, host="h"),
         deadline=0.0,
+        stdout_pipe=STDOUT_PIPE,
     ).create_kwargs()
     actual = effective_kwargs(loaded)
     assert {k: v for k, v in actual.items() if k != "labels"} == {
@@ -79,8 +81,9 @@ def test_input_mount_is_shown_read_only_only_when_inputs_are_allowed(report: Aud
         mounts = entry(report, tool).create_kwargs["mounts"]
         return {m["Target"]: m["ReadOnly"] for m in mounts}
 
-    assert targets("minimal") == {"/output": False}
-    assert targets("loader") == {f"/inputs/{INPUT_NAME}": True, "/output": False}
+    pipe = {STDOUT_PIPE_TARGET: True}
+    assert targets("minimal") == {"/output": False, **pipe}
+    assert targets("loader") == {f"/inputs/{INPUT_NAME}": True, "/output": False, **pipe}
 
 
 def test_relaxations_carry_their_justifications(report: AuditReport) -> None:
