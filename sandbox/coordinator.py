@@ -357,7 +357,7 @@ class Coordinator:
                 # The container's own deadline is the policy's; the watchdog enforces ours.
                 spec = dataclasses.replace(slot.spec, timeout_s=timeout_s)
             else:
-                if self.runtime.takes_stdout_pipe(policy.image.id):
+                if self.runtime.takes_stdout_pipe(policy.image.id, policy.runtime):
                     pipe = StdoutPipe.create()
                 spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s, pipe)
             outcome.spec = spec

@@ -61,7 +61,7 @@ _PIPE_READ_BYTES = 1024 * 1024  # the whole pipe (stdout_pipe.PIPE_BYTES)
 # that failed before opening it) never does; it gets this long.
 PIPE_DRAIN_S = 1.0
 _PIPE_POLL_MS = 100  # how often a drain looks at ``close()``
-_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+PIPE_RUNTIME = "runc"
 
 
 # Where Docker's cgroupfs driver puts a container's counters (cgroup v1, then v2).
@@ -458,8 +458,11 @@ class DockerRuntime:
             self._pipe_images.add(pinned_id)
         self._checked_images.add((name, pinned_id))
 
-    def takes_stdout_pipe(self, pinned_id: str) -> bool:
-        return pinned_id in self._pipe_images
+    def takes_stdout_pipe(self, pinned_id: str, runtime: str) -> bool:
+        # runc only: a host's named pipe is a kernel object the container must share. gVisor
+        # (2022-12 here) refuses to mount one ("failed to mount ... operation not permitted"),
+        # and a virtual-machine runtime could not pass it through at all.
+        return runtime == PIPE_RUNTIME and pinned_id in self._pipe_images
 
     def create(self, spec: ContainerSpec) -> str:
         body = spec.engine_body()

@@ -75,7 +75,7 @@ class FakeRuntime:
         )
         return container_id
 
-    def takes_stdout_pipe(self, pinned_id: str) -> bool:
+    def takes_stdout_pipe(self, pinned_id: str, runtime: str) -> bool:
         return self.stdout_pipes
 
     def attach(self, container_id: str, stdout_pipe: int | None = None) -> _FakeAttachment:

@@ -75,9 +75,9 @@ class ContainerRuntime(Protocol):
     def create(self, spec: ContainerSpec) -> str:
         """Create (never pull, never start) the container; return its id."""
 
-    def takes_stdout_pipe(self, pinned_id: str) -> bool:
-        """Whether the image (as ``check_image`` found it) can take its stdout through a host
-        pipe (``stdout_pipe``)."""
+    def takes_stdout_pipe(self, pinned_id: str, runtime: str) -> bool:
+        """Whether a container of the image (as ``check_image`` found it) under the OCI
+        ``runtime`` can take its stdout through a host pipe (``stdout_pipe``)."""
 
     def attach(self, container_id: str, stdout_pipe: int | None = None) -> Attachment:
         """The container's stdio; with ``stdout_pipe`` (the reading end of the pipe its spec

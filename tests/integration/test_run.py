@@ -442,8 +442,9 @@ def test_the_engine_says_which_images_take_a_stdout_pipe(docker_client: Any) -> 
     runtime = DockerRuntime()
     testkit = docker_client.images.get("sandbox/testkit:latest").id
     runtime.check_image("sandbox/testkit:latest", testkit)
-    assert runtime.takes_stdout_pipe(testkit)
+    assert runtime.takes_stdout_pipe(testkit, "runc")
+    assert not runtime.takes_stdout_pipe(testkit, "runsc")  # gVisor cannot mount a named pipe
     # An image without the label (the root file system every image starts from) does not.
     rootfs = docker_client.images.get("sandbox/debian-rootfs:bookworm").id
     runtime.check_image("sandbox/debian-rootfs:bookworm", rootfs)
-    assert not runtime.takes_stdout_pipe(rootfs)
+    assert not runtime.takes_stdout_pipe(rootfs, "runc")

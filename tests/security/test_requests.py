@@ -127,8 +127,12 @@ def test_audit_log_holds_one_record_per_run_and_verifies(security_env: SecurityE
     assert identity["runtime"] == security_env.runtime
     assert "TESTKIT" in identity["env_keys"]
     assert '"1"' not in json.dumps(identity["env_keys"])
-    assert [m["target"] for m in identity["mounts"]] == ["/output"]
-    assert identity["mounts"][0]["read_only"] is False
+    # The output directory, and under runc the run's stdout pipe (read-only, see test_escape).
+    piped = [("/run/sandbox/stdout", True)] if security_env.runtime == "runc" else []
+    assert [(m["target"], m["read_only"]) for m in identity["mounts"]] == [
+        ("/output", False),
+        *piped,
+    ]
     refused = by_run[security_env.result("input_etc").run_id]
     assert refused["container_created"] is False
     assert refused["error_kind"] == "PolicyDenied"
