@@ -10,11 +10,15 @@ the SDK or ``docker run --network none`` does it, ``network_mode="none"`` alone.
 sets ``NetworkDisabled``, which gives the same isolation (only loopback; tested) without the
 engine's network-sandbox setup and is one of the lean-start choices the bench measures
 (docs/performance.md). ``lean=True`` gives the floor with exactly our kwargs, reported beside it.
+``pipe=True`` (lean too) is the same with our transport for stdout: the run's stdout pipe
+(``sandbox.stdout_pipe``) mounted and read directly, stderr from the attach socket.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import socket
 import time
 import uuid
@@ -28,6 +32,7 @@ from docker.models.containers import (  # type: ignore[attr-defined]
 
 from sandbox.policy import LoadedPolicy
 from sandbox.spec import Owner, build_spec
+from sandbox.stdout_pipe import StdoutPipe
 
 RECV = 256 * 1024
 
@@ -43,16 +48,19 @@ class Cycle:
 class Floor:
     """Bare SDK lifecycles on one low-level client (connection reused, as a server would)."""
 
-    def __init__(self, loaded: LoadedPolicy, owner: Owner, *, lean: bool = False) -> None:
+    def __init__(
+        self, loaded: LoadedPolicy, owner: Owner, *, lean: bool = False, pipe: bool = False
+    ) -> None:
         self.api = docker.APIClient(version="auto")
         self.loaded = loaded
         self.owner = owner
-        self.lean = lean
+        self.lean = lean or pipe
+        self.pipe = pipe
 
     def close(self) -> None:
         self.api.close()
 
-    def kwargs(self) -> dict[str, Any]:
+    def kwargs(self, pipe: StdoutPipe | None = None) -> dict[str, Any]:
         run_id = uuid.uuid4().hex
         policy = self.loaded.policy
         spec = build_spec(
@@ -64,6 +72,7 @@ class Floor:
             timeout_s=policy.limits.timeout_s,
             owner=self.owner,
             deadline=time.time() + policy.limits.timeout_s,
+            stdout_pipe=pipe.path if pipe else None,
         )
         kwargs = spec.create_kwargs()
         if not self.lean:
@@ -75,24 +84,60 @@ class Floor:
         """One full lifecycle; returns its wall time and the raw bytes read from the socket."""
         line = json.dumps({"run_id": "floor", "args": args, "inputs": {}, "output_dir": None})
         began = time.perf_counter()
-        container = self.api.create_container(**self.kwargs())["Id"]
+        pipe = StdoutPipe.create(self.owner) if self.pipe else None
+        container = self.api.create_container(**self.kwargs(pipe))["Id"]
         try:
-            params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "logs": 0}
+            stdout = 0 if pipe else 1
+            params = {"stdin": 1, "stdout": stdout, "stderr": 1, "stream": 1, "logs": 0}
             raw = self.api.attach_socket(container, params=params)
             sock: socket.socket = raw._sock if hasattr(raw, "_sock") else raw
             sock.settimeout(None)
             sock.sendall(line.encode() + b"\n")
             sock.shutdown(socket.SHUT_WR)
             self.api.start(container)
-            total = 0
-            first: float | None = None
-            while data := sock.recv(RECV):
-                if first is None:
-                    first = time.perf_counter()
-                total += len(data)
+            if pipe:
+                total, first = _read_piped(sock, pipe.fd)
+            else:
+                total, first = _read(sock)
             sock.close()
             self.api.wait(container)
         finally:
             self.api.remove_container(container, force=True, v=True)
+            if pipe:
+                pipe.close()
         ended = time.perf_counter()
         return Cycle(ended - began, total, ended - (first or ended))
+
+
+def _read(sock: socket.socket) -> tuple[int, float | None]:
+    """Bytes read to EOF, and when the first came."""
+    total = 0
+    first: float | None = None
+    while data := sock.recv(RECV):
+        if first is None:
+            first = time.perf_counter()
+        total += len(data)
+    return total, first
+
+
+def _read_piped(sock: socket.socket, fd: int) -> tuple[int, float | None]:
+    """The socket (stderr) and the pipe (stdout), each to its end (the launcher always opens
+    the pipe, so its end comes)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(fd, select.POLLIN)
+    total, first, open_ends = 0, None, 2
+    while open_ends:
+        for ready, _ in poller.poll():
+            try:
+                data = sock.recv(RECV) if ready == sock.fileno() else os.read(fd, RECV)
+            except BlockingIOError:
+                continue
+            if not data:
+                poller.unregister(ready)
+                open_ends -= 1
+                continue
+            if first is None:
+                first = time.perf_counter()
+            total += len(data)
+    return total, first

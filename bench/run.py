@@ -136,6 +136,11 @@ class Bench:
         self.floors["records"] = Floor(
             read_policy(self.policies["records"] / "testkit.yaml"), owner
         )
+        # What the engine costs for our container with our stdout transport (streams only).
+        self.pipe_floors = {
+            name: Floor(read_policy(self.policies[name] / "testkit.yaml"), owner, pipe=True)
+            for name in ("runc", "records")
+        }
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')} load {loadavg():.2f}] {text}", file=sys.stderr)
@@ -189,9 +194,10 @@ class Bench:
         """One stream: the floor, `sandbox run` and serve, interleaved round by round."""
         policies = self.policies[policy]
         floor_s: list[float] = []
+        pipe_s: list[float] = []
         run_s: list[float] = []
         serve_s: list[float] = []
-        phase: dict[str, list[float]] = {"floor": [], "run": [], "serve": []}
+        phase: dict[str, list[float]] = {"floor": [], "floor_pipe": [], "run": [], "serve": []}
         rss: list[int] = []
         serve_growth: list[int] = []
         size = 0
@@ -207,6 +213,11 @@ class Bench:
             floor_s.append(cycle.seconds)
             phase["floor"].append(cycle.streaming_s)
 
+        def floor_pipe_once() -> None:
+            cycle = self.pipe_floors[policy].once(args)
+            pipe_s.append(cycle.seconds)
+            phase["floor_pipe"].append(cycle.streaming_s)
+
         def run_cli_once() -> None:
             outcome = _ok(run_once(policies, args, self.env))
             run_s.append(outcome.seconds)
@@ -219,11 +230,12 @@ class Bench:
             phase["serve"].append(served.streaming_s)
             serve_growth.append(proc_stats(server.pid)["hwm_kb"] - before)
 
-        order = [floor_once, run_cli_once, serve_once]
+        order = [floor_once, run_cli_once, serve_once, floor_pipe_once]
         for rep in range(self.opts.stream_reps):
             # Each variant takes each place in the round in turn: what a neighbour leaves
             # behind (a removal, page cache, the engine's bookkeeping) hits all alike.
-            for once in order[rep % 3 :] + order[: rep % 3]:
+            turn = rep % len(order)
+            for once in order[turn:] + order[:turn]:
                 once()
         server.close()
         mb = size / 1e6
@@ -235,7 +247,12 @@ class Bench:
             # The targets' ratios: paired round by round (``paired_ratio``).
             "run_ratio": paired_ratio(floor_s, run_s),
             "serve_ratio": paired_ratio(floor_s, serve_s),
-            "seconds": {"floor": floor_s, "run": run_s, "serve": serve_s},
+            # No target: the engine with our transport, and what we add on top of it.
+            "floor_pipe_mb_s": mb / statistics.median(pipe_s),
+            "floor_pipe_ratio": paired_ratio(floor_s, pipe_s),
+            "run_to_pipe_ratio": paired_ratio(pipe_s, run_s),
+            "serve_to_pipe_ratio": paired_ratio(pipe_s, serve_s),
+            "seconds": {"floor": floor_s, "floor_pipe": pipe_s, "run": run_s, "serve": serve_s},
             # The streaming phase alone (first data byte to the end), where start-up costs
             # (a fresh interpreter, the engine's create and start) do not count.
             **{
@@ -297,7 +314,11 @@ class Bench:
         self.log(f"sequence: {self.results['sequence']}")
 
     def close(self) -> None:
-        for floor in [*self.floors.values(), *self.lean_floors.values()]:
+        for floor in [
+            *self.floors.values(),
+            *self.lean_floors.values(),
+            *self.pipe_floors.values(),
+        ]:
             floor.close()
 
 
@@ -413,6 +434,24 @@ def table(results: dict[str, Any]) -> str:
                 "",
                 None,
             )
+        if "floor_pipe_mb_s" in s:
+            row(
+                f"stream {name} floor-pipe (MB/s; the engine with our stdout pipe)",
+                s["floor_pipe_mb_s"],
+                s["floor_mb_s"],
+                s["floor_pipe_ratio"],
+                "",
+                None,
+            )
+            for variant in ("run", "serve"):
+                row(
+                    f"stream {name} {variant} against floor-pipe (MB/s; paired ratio)",
+                    s[f"{variant}_mb_s"],
+                    s["floor_pipe_mb_s"],
+                    s[f"{variant}_to_pipe_ratio"],
+                    "",
+                    None,
+                )
         for variant in ("run", "serve"):
             if f"{variant}_streaming_mb_s" in s:
                 row(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import hostcheck, staging
+from . import hostcheck, staging, stdout_pipe
 from .audit import AuditLog, RunFacts
 from .errors import (
     InfrastructureError,
@@ -358,7 +358,8 @@ class Coordinator:
                 spec = dataclasses.replace(slot.spec, timeout_s=timeout_s)
             else:
                 if self.runtime.takes_stdout_pipe(policy.image.id, policy.runtime):
-                    pipe = StdoutPipe.create()
+                    assert self.owner is not None  # noqa: S101 - set in __post_init__
+                    pipe = StdoutPipe.create(self.owner)
                 spec = self._spec(loaded, frames.run_id, inputs, stage, timeout_s, pipe)
             outcome.spec = spec
             outcome.limits = _effective_limits(spec, loaded, timeout_s)
@@ -540,7 +541,8 @@ class Coordinator:
     # --- housekeeping ----------------------------------------------------------------------
 
     def reap(self) -> list[str]:
-        """Remove containers whose owning coordinator is gone; never a live one's."""
+        """Remove containers whose owning coordinator is gone; never a live one's. Their stdout
+        pipes' directories go too."""
         assert self.owner is not None  # noqa: S101 - set in __post_init__
         removed = []
         now = self.wall_clock()
@@ -548,6 +550,9 @@ class Coordinator:
             if should_reap(container.labels, self.owner, now, hostcheck.owner_alive):
                 self.runtime.remove(container.id)
                 removed.append(container.id)
+        pipes = stdout_pipe.remove_abandoned(self.owner, hostcheck.owner_alive)
+        if pipes:
+            logger.info("removed {} stdout pipe(s) of coordinators that are gone", len(pipes))
         return removed
 
 

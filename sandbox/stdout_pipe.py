@@ -7,10 +7,11 @@ read here: on two cores that relay, not the tool or the coordinator, set the pac
 stream took ≈0.7 s of engine time through attach against ≈0.1 s through a pipe, measured by the
 same bare-SDK lifecycle). Stderr and stdin still go through the attach socket.
 
-The pipe sits alone in a private directory (0700, made by ``mkdtemp``) that nothing in the
-container can see; the pipe itself is 0622, so the tool's user, whatever its uid, can write to it
-and never read it. The coordinator opens its end before the container is created, so the
-launcher's non-blocking open finds a reader or fails at once.
+The pipe sits alone in a private directory (0700, made by ``mkdtemp`` in ``TMPDIR``, named
+after its owner the way containers are labelled, so ``sandbox reap`` can remove what a killed
+coordinator left) that nothing in the container can see; the pipe itself is 0622, so the tool's
+user, whatever its uid, can write to it and never read it. The coordinator opens its end before
+the container is created, so the launcher's non-blocking open finds a reader or fails at once.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import InfrastructureError
 from .log import logger
+from .spec import Owner
 
 PIPE_BYTES = 1024 * 1024  # Linux's unprivileged maximum (/proc/sys/fs/pipe-max-size)
 DIR_PREFIX = "sandbox-pipe-"
@@ -50,9 +53,9 @@ class StdoutPipe:
         return str(self.directory / _NAME)
 
     @classmethod
-    def create(cls) -> StdoutPipe:
+    def create(cls, owner: Owner) -> StdoutPipe:
         try:
-            directory = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
+            directory = Path(tempfile.mkdtemp(prefix=_owner_prefix(owner)))
         except OSError as exc:
             raise _not_made(tempfile.gettempdir(), exc) from exc
         path = directory / _NAME
@@ -74,6 +77,40 @@ class StdoutPipe:
             os.close(self.fd)
             self.fd = -1
         _remove(self.directory)
+
+
+def _owner_prefix(owner: Owner) -> str:
+    return f"{DIR_PREFIX}{owner.pid}-{owner.start_time:.2f}-{owner.host}-"
+
+
+def _owner_of(directory: Path) -> tuple[int, float, str] | None:
+    """(pid, start time, host) from a pipe directory's name; None if it is not one of ours."""
+    pid, start, rest = (directory.name[len(DIR_PREFIX) :].split("-", 2) + ["", ""])[:3]
+    host = rest.rpartition("-")[0]  # mkdtemp's random part has no "-"
+    try:
+        return int(pid), float(start), host
+    except ValueError:
+        return None
+
+
+def remove_abandoned(me: Owner, alive: Callable[[int, float], bool]) -> list[Path]:
+    """Remove the pipe directories (in ``TMPDIR``) of this host's coordinators that are gone, as
+    ``sandbox reap`` does their containers; never one of a live coordinator or another host's
+    (a shared temporary directory), nor one of another user's."""
+    removed = []
+    for directory in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        owner = _owner_of(directory)
+        if owner is None or owner[2] != me.host or alive(owner[0], owner[1]):
+            continue
+        try:
+            if directory.lstat().st_uid != os.geteuid() or not directory.is_dir():
+                continue
+        except OSError:
+            continue
+        _remove(directory)
+        if not directory.exists():
+            removed.append(directory)
+    return removed
 
 
 def _remove(directory: Path) -> None:

@@ -343,11 +343,19 @@ def test_image_not_matching_the_pin_is_infrastructure_error(testkit_policies: Po
     assert "0" * 64 in result.errors[0]["message"]
 
 
-def start_sleeper(policies: PolicyDir) -> subprocess.Popen[bytes]:
+def start_sleeper(
+    policies: PolicyDir, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """A `sandbox run` of a 60 s sleeper, frames on a pipe, for signal and reaping tests."""
     argv = [sys.executable, "-m", "sandbox", "--policies", str(policies.path), "run", "testkit"]
     argv += ["--args", '{"case": "sleep", "seconds": 60}']
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -368,10 +376,11 @@ def test_sigterm_removes_the_container_then_exits_130(
 
 
 def test_reap_removes_containers_of_a_killed_coordinator_only(
-    testkit_policies: PolicyDir, docker_client: Any
+    testkit_policies: PolicyDir, docker_client: Any, tmp_path: Path
 ) -> None:
-    victim = start_sleeper(testkit_policies)
-    survivor = start_sleeper(testkit_policies)
+    env = {"TMPDIR": str(tmp_path)}  # where both make their stdout pipes
+    victim = start_sleeper(testkit_policies, env)
+    survivor = start_sleeper(testkit_policies, env)
     assert victim.stdout is not None
     assert survivor.stdout is not None
     victim_run = json.loads(victim.stdout.readline())["run_id"]
@@ -381,13 +390,19 @@ def test_reap_removes_containers_of_a_killed_coordinator_only(
     victim.kill()
     victim.communicate(timeout=30)
     assert len(containers_for_run(docker_client, victim_run)) == 1
-    reaped = run_cli(["reap"], policies=testkit_policies.path)
+    pipes = {p.name: p for p in tmp_path.glob("sandbox-pipe-*")}
+    assert len(pipes) == 2
+    reaped = run_cli(["reap"], policies=testkit_policies.path, env=env)
     assert reaped.returncode == 0
     assert containers_for_run(docker_client, victim_run) == []
     assert len(containers_for_run(docker_client, survivor_run)) == 1
+    # The killed coordinator's stdout pipe went with its container; the live one's stays.
+    [kept] = tmp_path.glob("sandbox-pipe-*")
+    assert kept.name.startswith(f"sandbox-pipe-{survivor.pid}-")
     survivor.send_signal(signal.SIGTERM)
     survivor.communicate(timeout=30)
     assert containers_for_run(docker_client, survivor_run) == []
+    assert list(tmp_path.glob("sandbox-pipe-*")) == []
 
 
 def test_a_run_removes_containers_of_a_killed_coordinator_beside_its_own(

@@ -19,7 +19,10 @@ import pytest
 from sandbox import docker_runtime
 from sandbox.docker_runtime import DockerAttachment
 from sandbox.errors import InfrastructureError
-from sandbox.stdout_pipe import PIPE_BYTES, StdoutPipe
+from sandbox.spec import Owner
+from sandbox.stdout_pipe import DIR_PREFIX, PIPE_BYTES, StdoutPipe, remove_abandoned
+
+ME = Owner(pid=4242, start_time=1234.5, host="build-host")
 
 
 def mux(kind: int, data: bytes) -> bytes:
@@ -29,7 +32,7 @@ def mux(kind: int, data: bytes) -> bytes:
 @pytest.fixture
 def pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StdoutPipe]:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    made = StdoutPipe.create()
+    made = StdoutPipe.create(ME)
     yield made
     made.close()
 
@@ -85,7 +88,7 @@ def test_a_pipe_that_cannot_be_made_names_where_and_the_fix(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     with pytest.raises(InfrastructureError) as caught:
-        StdoutPipe.create()
+        StdoutPipe.create(ME)
     assert str(tmp_path / "missing") in str(caught.value)
     assert "TMPDIR" in caught.value.fix
 
@@ -180,3 +183,30 @@ def test_close_ends_the_reading_whatever_the_pipe_holds(
     assert time.monotonic() - began < 5
     os.close(tool)
     engine.close()
+
+
+def test_a_pipe_directory_is_named_after_its_owner(pipe: StdoutPipe) -> None:
+    assert pipe.directory.name.startswith(f"{DIR_PREFIX}4242-1234.50-build-host-")
+
+
+def test_reap_removes_the_pipes_of_gone_coordinators_on_this_host_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = StdoutPipe.create(Owner(pid=7, start_time=5.0, host=ME.host))
+    os.close(gone.fd)  # its coordinator was killed: nothing closed or removed it
+    live = StdoutPipe.create(Owner(pid=8, start_time=6.0, host=ME.host))
+    elsewhere = StdoutPipe.create(Owner(pid=7, start_time=5.0, host="other-host"))
+    mine = StdoutPipe.create(ME)
+    unrelated = tmp_path / f"{DIR_PREFIX}notes"
+    unrelated.mkdir()
+
+    def alive(pid: int, start: float) -> bool:
+        return (pid, start) in {(8, 6.0), (ME.pid, ME.start_time)}
+
+    assert remove_abandoned(ME, alive) == [gone.directory]
+    assert not gone.directory.exists()
+    assert all(p.directory.exists() for p in (live, elsewhere, mine))
+    assert unrelated.exists()
+    for made in (live, elsewhere, mine):
+        made.close()
