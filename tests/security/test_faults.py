@@ -252,6 +252,10 @@ def test_sigkilled_coordinator_container_ends_at_its_deadline_and_is_reaped(
     try:
         victim_run = _started(victim)
         survivor_run = _started(survivor)
+        # Asleep, it writes nothing more: under runc a write to its stdout pipe with no reader
+        # would end it at once (test_an_orphan_that_writes_ends_at_its_next_write).
+        assert victim.stdout is not None
+        assert json.loads(victim.stdout.readline())["type"] == "progress"
         victim.send_signal(signal.SIGKILL)
         victim.communicate(timeout=10)
         killed_at = time.monotonic()
@@ -284,6 +288,59 @@ def test_sigkilled_coordinator_container_ends_at_its_deadline_and_is_reaped(
             victim.communicate(timeout=10)
     assert survivor.returncode == 130
     assert containers_for_run(docker_client, survivor_run) == []
+
+
+# Writes a data frame every 0.1 s for a minute.
+CHATTY = (
+    "import time\n"
+    "for i in range(600):\n"
+    '    print(\'{"type": "data", "payload": %d}\' % i, flush=True)\n'
+    "    time.sleep(0.1)\n"
+)
+
+
+@pytest.mark.docker
+def test_an_orphan_that_writes_ends_at_its_next_write(
+    security_env: SecurityEnv, docker_client: Any
+) -> None:
+    # With its coordinator SIGKILLed nobody reads the run's stdout any more. Under runc the
+    # stdout pipe then has no reader: the next write fails (EPIPE, or SIGPIPE for a tool that
+    # keeps the default), and the orphan ends long before its deadline. Through the engine
+    # (runsc) the engine drains it, and the in-container deadline ends it.
+    security_env.wait_idle()
+    policies = security_env.policy_dir("exec")
+    victim = _start(policies, {"message": CHATTY}, "--timeout", "8")
+    try:
+        victim_run = _started(victim)
+        assert victim.stdout is not None
+        assert json.loads(victim.stdout.readline())["type"] == "data"
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=10)
+        killed_at = time.monotonic()
+
+        def orphan_ended() -> bool:
+            found = containers_for_run(docker_client, victim_run)
+            if not found:
+                return True
+            found[0].reload()
+            return bool(found[0].status == "exited")
+
+        assert _wait_for(orphan_ended, 30), "the orphan container outlived its deadline"
+        ended_after = time.monotonic() - killed_at
+        for container in containers_for_run(docker_client, victim_run):
+            container.reload()
+            code = container.attrs["State"]["ExitCode"]
+            if security_env.runtime == "runc":
+                assert code != 137, "ended by its deadline, not by the broken pipe"
+            else:
+                assert code == 137
+        assert ended_after < (5 if security_env.runtime == "runc" else 20)
+        assert run_cli(["reap"], policies=policies).returncode == 0
+        assert containers_for_run(docker_client, victim_run) == []
+    finally:
+        if victim.returncode is None:
+            victim.kill()
+            victim.communicate(timeout=10)
 
 
 @pytest.mark.docker
