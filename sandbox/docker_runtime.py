@@ -206,6 +206,15 @@ def missing_runtime(runtime: str, message: str) -> InfrastructureError:
     return InfrastructureError(msg, fix=fix, runtime=runtime)
 
 
+def unseen_pipe(message: str) -> InfrastructureError:
+    """The engine cannot mount the run's stdout pipe: it does not see this process's TMPDIR."""
+    return InfrastructureError(
+        f"the Docker engine cannot mount the run's stdout pipe ({message})",
+        fix="set TMPDIR to a directory the engine sees too (not a private /tmp, e.g. under "
+        "systemd's PrivateTmp, or a coordinator's own container)",
+    )
+
+
 def short_name(image: str) -> str:
     """``sandbox/dbt:latest`` -> ``dbt``: the directory under images/ that builds it."""
     return image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
@@ -480,6 +489,8 @@ class DockerRuntime:
             except EngineError as exc:
                 if exc.status == 400 and "unknown runtime" in exc.message.lower():
                     raise missing_runtime(spec.runtime, exc.message) from exc
+                if exc.status == 400 and spec.stdout_pipe and spec.stdout_pipe in exc.message:
+                    raise unseen_pipe(exc.message) from exc
                 if exc.status != 409:
                     raise
                 # A retried create whose first attempt reached the engine: adopt it if ours.

@@ -80,7 +80,7 @@ class StdoutPipe:
 
 
 def _owner_prefix(owner: Owner) -> str:
-    return f"{DIR_PREFIX}{owner.pid}-{owner.start_time:.2f}-{owner.host}-"
+    return f"{DIR_PREFIX}{owner.pid}-{owner.start_time:.3f}-{owner.host}-"  # as the labels
 
 
 def _owner_of(directory: Path) -> tuple[int, float, str] | None:

@@ -463,3 +463,42 @@ def test_the_engine_says_which_images_take_a_stdout_pipe(docker_client: Any) -> 
     rootfs = docker_client.images.get("sandbox/debian-rootfs:bookworm").id
     runtime.check_image("sandbox/debian-rootfs:bookworm", rootfs)
     assert not runtime.takes_stdout_pipe(rootfs, "runc")
+
+
+def test_a_stdout_pipe_the_engine_cannot_see_names_tmpdir_as_the_fix(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    # What a coordinator with a private /tmp (systemd's PrivateTmp) meets: the engine resolves
+    # the pipe's path in its own view of the filesystem and finds nothing there.
+    from sandbox.docker_runtime import DockerRuntime
+    from sandbox.errors import InfrastructureError
+    from sandbox.policy import Policy
+    from sandbox.spec import Owner, build_spec
+
+    image = docker_client.images.get("sandbox/testkit:latest").id
+    policy = Policy.model_validate(
+        {
+            "version": 1,
+            "tool": "echo",
+            "image": {"name": "sandbox/testkit", "id": image},
+            "command": ["python3", "/opt/testkit/main.py"],
+        }
+    )
+    unseen = str(tmp_path / "not-there" / "stdout")
+    spec = build_spec(
+        policy,
+        run_id=f"unseen{os.getpid()}",
+        policy_sha256="0" * 64,
+        inputs={},
+        staging_dir=None,
+        timeout_s=5,
+        owner=Owner(pid=os.getpid(), start_time=1.0, host="h"),
+        deadline=0.0,
+        stdout_pipe=unseen,
+    )
+    with pytest.raises(InfrastructureError) as caught:
+        DockerRuntime().create(spec)
+    assert unseen in str(caught.value)
+    assert caught.value.fix is not None
+    assert "TMPDIR" in caught.value.fix
+    assert docker_client.containers.list(all=True, filters={"name": spec.name}) == []

@@ -186,7 +186,7 @@ def test_close_ends_the_reading_whatever_the_pipe_holds(
 
 
 def test_a_pipe_directory_is_named_after_its_owner(pipe: StdoutPipe) -> None:
-    assert pipe.directory.name.startswith(f"{DIR_PREFIX}4242-1234.50-build-host-")
+    assert pipe.directory.name.startswith(f"{DIR_PREFIX}4242-1234.500-build-host-")
 
 
 def test_reap_removes_the_pipes_of_gone_coordinators_on_this_host_only(
