@@ -46,6 +46,7 @@ from .spec import (
     ContainerSpec,
     Owner,
     build_spec,
+    owner_labels,
 )
 from .stdout_pipe import StdoutPipe
 from .stream import FrameAssembler
@@ -550,9 +551,14 @@ class Coordinator:
             if should_reap(container.labels, self.owner, now, hostcheck.owner_alive):
                 self.runtime.remove(container.id)
                 removed.append(container.id)
-        pipes = stdout_pipe.remove_abandoned(self.owner, hostcheck.owner_alive)
+        pipes = 0
+        for directory, owner in stdout_pipe.leftovers():
+            # A pipe has no deadline: another host's (a shared TMPDIR) is never reaped here.
+            labels = {**owner_labels(owner), LABEL_DEADLINE: "inf"}
+            if should_reap(labels, self.owner, now, hostcheck.owner_alive):
+                pipes += stdout_pipe.remove(directory)
         if pipes:
-            logger.info("removed {} stdout pipe(s) of coordinators that are gone", len(pipes))
+            logger.info("removed {} stdout pipe(s) of coordinators that are gone", pipes)
         return removed
 
 

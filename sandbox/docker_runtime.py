@@ -324,15 +324,10 @@ class DockerAttachment:
             return
         while True:
             try:
-                data = self._sock.recv(_RECV_BYTES)
+                data = self._recv()
             except BlockingIOError:
                 self._batch(on=False)  # nothing for BATCH_WAIT: the stream went quiet
                 continue
-            except OSError as exc:
-                if self._closed:
-                    return
-                msg = f"lost the container's output stream: {exc}"
-                raise InfrastructureError(msg, fix=ENGINE_FIX) from exc
             if not data:
                 return
             if not self._batched and len(data) >= BULK_READ_BYTES:
@@ -365,8 +360,12 @@ class DockerAttachment:
                 yield from demux.feed(data)
 
     def _recv(self) -> bytes:
+        """One read of the socket; b"" at its end or once ``close()`` was called. A batched
+        read that timed out raises BlockingIOError."""
         try:
             return self._sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            raise
         except OSError as exc:
             if self._closed:
                 return b""

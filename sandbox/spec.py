@@ -159,6 +159,15 @@ def wrapped_command(
     return (*LAUNCHER[:-1], *options, LAUNCHER[-1], *deadline, *command)
 
 
+def owner_labels(owner: Owner) -> dict[str, str]:
+    """The labels naming a container's owning coordinator (what the reaper reads)."""
+    return {
+        LABEL_OWNER_PID: str(owner.pid),
+        LABEL_OWNER_START: f"{owner.start_time:.3f}",
+        LABEL_OWNER_HOST: owner.host,
+    }
+
+
 def build_spec(
     policy: Policy,
     *,
@@ -193,9 +202,7 @@ def build_spec(
         LABEL_MANAGED: "1",
         LABEL_RUN_ID: run_id,
         LABEL_TOOL: policy.tool,
-        LABEL_OWNER_PID: str(owner.pid),
-        LABEL_OWNER_START: f"{owner.start_time:.3f}",
-        LABEL_OWNER_HOST: owner.host,
+        **owner_labels(owner),
         LABEL_DEADLINE: f"{deadline:.3f}",
         LABEL_POLICY_SHA: policy_sha256,
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from .errors import InfrastructureError
@@ -83,34 +82,35 @@ def _owner_prefix(owner: Owner) -> str:
     return f"{DIR_PREFIX}{owner.pid}-{owner.start_time:.3f}-{owner.host}-"  # as the labels
 
 
-def _owner_of(directory: Path) -> tuple[int, float, str] | None:
-    """(pid, start time, host) from a pipe directory's name; None if it is not one of ours."""
+def _owner_of(directory: Path) -> Owner | None:
+    """The owner a pipe directory's name gives; None if it is not one of ours."""
     pid, start, rest = (directory.name[len(DIR_PREFIX) :].split("-", 2) + ["", ""])[:3]
     host = rest.rpartition("-")[0]  # mkdtemp's random part has no "-"
     try:
-        return int(pid), float(start), host
+        return Owner(pid=int(pid), start_time=float(start), host=host)
     except ValueError:
         return None
 
 
-def remove_abandoned(me: Owner, alive: Callable[[int, float], bool]) -> list[Path]:
-    """Remove the pipe directories (in ``TMPDIR``) of this host's coordinators that are gone, as
-    ``sandbox reap`` does their containers; never one of a live coordinator or another host's
-    (a shared temporary directory), nor one of another user's."""
-    removed = []
+def leftovers() -> list[tuple[Path, Owner]]:
+    """This user's pipe directories in ``TMPDIR`` with their owners, for the reaper (the
+    coordinator's ``should_reap`` decides, as for containers)."""
+    found = []
     for directory in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
         owner = _owner_of(directory)
-        if owner is None or owner[2] != me.host or alive(owner[0], owner[1]):
-            continue
         try:
-            if directory.lstat().st_uid != os.geteuid() or not directory.is_dir():
-                continue
+            mine = directory.lstat().st_uid == os.geteuid() and directory.is_dir()
         except OSError:
             continue
-        _remove(directory)
-        if not directory.exists():
-            removed.append(directory)
-    return removed
+        if owner is not None and mine:
+            found.append((directory, owner))
+    return found
+
+
+def remove(directory: Path) -> bool:
+    """Remove a pipe directory left behind; whether it is gone."""
+    _remove(directory)
+    return not directory.exists()
 
 
 def _remove(directory: Path) -> None:

@@ -230,6 +230,16 @@ def _started(proc: subprocess.Popen[bytes]) -> str:
     return str(accepted["run_id"])
 
 
+def _orphan_ended(docker_client: Any, run_id: str) -> bool:
+    """The run's container has exited, or is gone (reaped by a concurrent `sandbox run`: also a
+    correct ending)."""
+    found = containers_for_run(docker_client, run_id)
+    if not found:
+        return True
+    found[0].reload()
+    return bool(found[0].status == "exited")
+
+
 def _wait_for(predicate: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -261,14 +271,9 @@ def test_sigkilled_coordinator_container_ends_at_its_deadline_and_is_reaped(
         killed_at = time.monotonic()
 
         # Nobody is left to kill it: the in-container `timeout -s KILL` (2 s + 5 s grace) must.
-        def orphan_ended() -> bool:
-            found = containers_for_run(docker_client, victim_run)
-            if not found:
-                return True  # reaped by a concurrent `sandbox run`: also a correct ending
-            found[0].reload()
-            return bool(found[0].status == "exited")
-
-        assert _wait_for(orphan_ended, 30), "the orphan container outlived its deadline"
+        assert _wait_for(lambda: _orphan_ended(docker_client, victim_run), 30), (
+            "the orphan container outlived its deadline"
+        )
         assert time.monotonic() - killed_at < 20
         for container in containers_for_run(docker_client, victim_run):
             container.reload()  # the listing is sparse; the exit code needs the full inspect
@@ -318,14 +323,9 @@ def test_an_orphan_that_writes_ends_at_its_next_write(
         victim.communicate(timeout=10)
         killed_at = time.monotonic()
 
-        def orphan_ended() -> bool:
-            found = containers_for_run(docker_client, victim_run)
-            if not found:
-                return True
-            found[0].reload()
-            return bool(found[0].status == "exited")
-
-        assert _wait_for(orphan_ended, 30), "the orphan container outlived its deadline"
+        assert _wait_for(lambda: _orphan_ended(docker_client, victim_run), 30), (
+            "the orphan container outlived its deadline"
+        )
         ended_after = time.monotonic() - killed_at
         for container in containers_for_run(docker_client, victim_run):
             container.reload()

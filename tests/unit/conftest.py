@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,12 @@ def run(coordinator: Coordinator, runtime: FakeRuntime) -> Callable[..., list[di
 
 def frame_line(obj: str) -> bytes:
     return obj.encode() + b"\n"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected socket pair: (ours, the engine's end of an attach connection)."""
+    ours, engine = socket.socketpair()
+    yield ours, engine
+    ours.close()
+    engine.close()

@@ -11,7 +11,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,6 @@ from sandbox.docker_runtime import (
 
 def mux(kind: int, data: bytes) -> bytes:
     return struct.pack(">BxxxL", kind, len(data)) + data
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, engine = socket.socketpair()
-    yield ours, engine
-    ours.close()
-    engine.close()
 
 
 def read_all(

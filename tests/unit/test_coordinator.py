@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sandbox import hostcheck
 from sandbox.audit import AuditLog, AuditRecord, RunFacts, tail
 from sandbox.coordinator import Coordinator, should_reap
 from sandbox.errors import InfrastructureError, InvalidRequest
@@ -21,7 +22,7 @@ from sandbox.fake_runtime import FakeContainer, FakeRuntime
 from sandbox.frame_models import decode
 from sandbox.request import Request
 from sandbox.spec import STDOUT_PIPE_TARGET, Owner
-from sandbox.stdout_pipe import DIR_PREFIX
+from sandbox.stdout_pipe import DIR_PREFIX, StdoutPipe
 
 from .conftest import FakeClock
 
@@ -478,3 +479,24 @@ def test_an_image_without_the_launchers_label_streams_through_attach_alone(
     assert runtime.specs[0].stdout_pipe is None
     assert runtime.attached_pipes == {"fake-0": None}
     assert leftover_pipes(pipe_root) == []
+
+
+def test_reap_removes_the_stdout_pipes_of_gone_coordinators_on_this_host_only(
+    coordinator: Coordinator, pipe_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same rule as for containers (should_reap), except that a pipe has no deadline:
+    # another host's, in a shared TMPDIR, is never taken.
+    assert coordinator.owner is not None
+    me = coordinator.owner
+    gone = StdoutPipe.create(Owner(pid=7, start_time=5.0, host=me.host))
+    os.close(gone.fd)  # its coordinator was killed: nothing closed or removed it
+    live = StdoutPipe.create(Owner(pid=8, start_time=6.0, host=me.host))
+    elsewhere = StdoutPipe.create(Owner(pid=7, start_time=5.0, host="other-host"))
+    mine = StdoutPipe.create(me)
+    monkeypatch.setattr(hostcheck, "owner_alive", lambda pid, start: (pid, start) == (8, 6.0))
+
+    coordinator.reap()
+
+    assert leftover_pipes(pipe_root) == sorted(p.directory for p in (live, elsewhere, mine))
+    for made in (live, elsewhere, mine):
+        made.close()

@@ -20,7 +20,7 @@ from sandbox import docker_runtime
 from sandbox.docker_runtime import DockerAttachment
 from sandbox.errors import InfrastructureError
 from sandbox.spec import Owner
-from sandbox.stdout_pipe import DIR_PREFIX, PIPE_BYTES, StdoutPipe, remove_abandoned
+from sandbox.stdout_pipe import DIR_PREFIX, PIPE_BYTES, StdoutPipe, leftovers, remove
 
 ME = Owner(pid=4242, start_time=1234.5, host="build-host")
 
@@ -35,14 +35,6 @@ def pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StdoutPipe
     made = StdoutPipe.create(ME)
     yield made
     made.close()
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, engine = socket.socketpair()
-    yield ours, engine
-    ours.close()
-    engine.close()
 
 
 def writer(pipe: StdoutPipe) -> int:
@@ -189,24 +181,16 @@ def test_a_pipe_directory_is_named_after_its_owner(pipe: StdoutPipe) -> None:
     assert pipe.directory.name.startswith(f"{DIR_PREFIX}4242-1234.500-build-host-")
 
 
-def test_reap_removes_the_pipes_of_gone_coordinators_on_this_host_only(
+def test_leftovers_are_this_users_pipe_directories_with_their_owners(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    gone = StdoutPipe.create(Owner(pid=7, start_time=5.0, host=ME.host))
-    os.close(gone.fd)  # its coordinator was killed: nothing closed or removed it
-    live = StdoutPipe.create(Owner(pid=8, start_time=6.0, host=ME.host))
-    elsewhere = StdoutPipe.create(Owner(pid=7, start_time=5.0, host="other-host"))
-    mine = StdoutPipe.create(ME)
-    unrelated = tmp_path / f"{DIR_PREFIX}notes"
-    unrelated.mkdir()
-
-    def alive(pid: int, start: float) -> bool:
-        return (pid, start) in {(8, 6.0), (ME.pid, ME.start_time)}
-
-    assert remove_abandoned(ME, alive) == [gone.directory]
-    assert not gone.directory.exists()
-    assert all(p.directory.exists() for p in (live, elsewhere, mine))
-    assert unrelated.exists()
-    for made in (live, elsewhere, mine):
-        made.close()
+    other = Owner(pid=7, start_time=5.25, host="other-host")
+    made = [StdoutPipe.create(ME), StdoutPipe.create(other)]
+    (tmp_path / f"{DIR_PREFIX}notes").mkdir()  # not named after an owner
+    (tmp_path / f"{DIR_PREFIX}8-6.000-h-x").write_text("")  # not a directory
+    found = sorted(leftovers(), key=lambda item: item[1].pid)
+    assert found == [(made[1].directory, other), (made[0].directory, ME)]
+    assert remove(made[1].directory)
+    assert not made[1].directory.exists()
+    made[0].close()
